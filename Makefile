@@ -1,0 +1,31 @@
+# make install: .venv with the project and its dev tools; make quickstart: the whole pipeline on
+# the embedded glyphs benchmark; make test: lint + the test suite.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install quickstart test lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+quickstart: install
+	$(VENV)/bin/hyperflow pipeline --config quickstart --out runs/quickstart
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: install lint
+	$(PY) -m pytest -q tests
+
+bench: install
+	$(VENV)/bin/hyperflow bench simulate --json
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache

@@ -1,0 +1,99 @@
+"""Ray actors that survive their own death: bounded in-flight work, resubmission on failure.
+
+`ray.util.ActorPool` gives up when an actor dies; collection must not. Each item is submitted to
+one actor at a time (at most `depth` in flight per actor, bounded with `ray.wait`); when an actor
+dies (killed, OOM, node lost) its in-flight items go back to the queue and a fresh actor takes its
+place, so every item completes exactly once from the driver's point of view.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import ray
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+from hyperflow.errors import UserError
+
+_DEAD = (RayActorError, ActorDiedError, ActorUnavailableError)
+
+
+def connect(address: str | None, num_cpus: int | None = None) -> None:
+    """ray.init against `address` (or RAY_ADDRESS), else a private local cluster."""
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    kwargs: dict[str, Any] = {"log_to_driver": True, "configure_logging": False}
+    if address is None:
+        kwargs.update(num_cpus=num_cpus, include_dashboard=False)
+    try:
+        ray.init(address=address, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise UserError(f"cannot reach the Ray cluster at --address {address!r}: {e}") from None
+
+
+class ResilientPool:
+    """n actors of `actor_cls` (a plain class); map items through one of its methods."""
+
+    def __init__(
+        self,
+        actor_cls: type,
+        n: int,
+        init_kwargs: dict,
+        num_cpus: float = 1,
+        num_gpus: float = 0,
+        depth: int = 2,
+        max_replacements: int = 8,
+    ):
+        assert n >= 1, f"need at least one actor, got {n}"
+        self._remote = ray.remote(actor_cls).options(num_cpus=num_cpus, num_gpus=num_gpus)
+        self._init_kwargs = init_kwargs
+        self._depth = depth
+        self._replacements_left = max_replacements
+        self.actors = [self._remote.remote(**init_kwargs) for _ in range(n)]
+        self.replaced = 0
+
+    def map_unordered(self, method: str, items: Iterable[Any]) -> Iterator[tuple[Any, Any]]:
+        """Yield (item, result) as results arrive; actor deaths resubmit the item elsewhere."""
+        queue = deque(items)
+        inflight: dict[ray.ObjectRef, tuple[int, Any]] = {}
+        load = {i: 0 for i in range(len(self.actors))}
+        while queue or inflight:
+            for i in list(load):
+                while queue and load[i] < self._depth:
+                    item = queue.popleft()
+                    ref = getattr(self.actors[i], method).remote(item)
+                    inflight[ref] = (i, item)
+                    load[i] += 1
+            done, _ = ray.wait(list(inflight), num_returns=1)
+            ref = done[0]
+            i, item = inflight.pop(ref)
+            load[i] -= 1
+            try:
+                result = ray.get(ref)
+            except _DEAD:
+                queue.appendleft(item)
+                self._replace(i, inflight, queue)
+                load[i] = 0
+                continue
+            yield item, result
+
+    def _replace(self, i: int, inflight: dict, queue: deque) -> None:
+        # an actor died: requeue everything else it held and start a fresh one in its slot
+        if self._replacements_left == 0:
+            raise RuntimeError("too many actor failures; giving up")
+        for ref in [r for r, (j, _) in inflight.items() if j == i]:
+            queue.appendleft(inflight.pop(ref)[1])
+        self._replacements_left -= 1
+        self.replaced += 1
+        self.actors[i] = self._remote.remote(**self._init_kwargs)
+
+    def call_all(self, method: str, *args) -> list[Any]:
+        return ray.get([getattr(a, method).remote(*args) for a in self.actors])
+
+    def shutdown(self) -> None:
+        for a in self.actors:
+            ray.kill(a)

@@ -1,0 +1,151 @@
+"""WebDataset shards: STORE/wds/<shard>.tar, one sample per record, key = record id.
+
+Members of a sample, in this order (webdataset groups consecutive members by key):
+    <id>.json            {"id", "episode", "meta", "schema_version",
+                          "theta": {"dtype", "encoding", "decode", "shape"}}
+    <id>.labels.npy      int64 [N]
+    <id>.loss.npy        float32 [T+1]
+    <id>.support.npy.gz  uint8 [N, C, H, W]
+    <id>.theta.npy.gz    theta encoded per json["theta"] (see engine.stores.encoding)
+All arrays are np.save'd without pickles. `.npy.gz` is a gzip of that .npy: tar + gzip +
+numpy.load(allow_pickle=False) read it, and `webdataset.WebDataset(url).decode()` unzips it
+(its default gz pre-handler) and returns the numpy array. gzip because both plain Python
+and webdataset decode it; zstd would need an extra package, and .npz only adds a zip
+container around the same deflate. Compressing members (not the whole tar) keeps
+random access by member offset. Measured (T=20, P=5000, 25x1x32x32 support): a float16
+delta2 record takes 0.39x the raw float32 bytes (raw float16 .npy: 0.50x).
+The tar bytes are deterministic: fixed order, mtime, owner, mode, and gzip with mtime=0.
+"""
+
+import gzip
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+
+from engine.record import SCHEMA_VERSION, TrajectoryRecord
+from engine.stores.encoding import decode_recipe, decode_theta, encode_theta
+
+ROOT = "wds"
+_GZIP_LEVEL = 1  # level 6 is 4.7x slower for 2.6% smaller theta
+
+
+def _npy(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _load_npy(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def _gz(data: bytes) -> bytes:
+    return gzip.compress(data, compresslevel=_GZIP_LEVEL, mtime=0)  # mtime=0: same bytes
+
+
+def _members(r: TrajectoryRecord, encoding: str) -> list[tuple[str, bytes]]:
+    dtype = r.theta.dtype.name
+    head = {
+        "id": r.id,
+        "episode": r.episode,
+        "meta": r.meta,
+        "schema_version": SCHEMA_VERSION,
+        "theta": {
+            "dtype": dtype,
+            "encoding": encoding,
+            "decode": decode_recipe(encoding, dtype),
+            "shape": list(r.theta.shape),
+        },
+    }
+    return [
+        ("json", json.dumps(head).encode()),
+        ("labels.npy", _npy(r.labels)),
+        ("loss.npy", _npy(r.loss)),
+        ("support.npy.gz", _gz(_npy(r.support))),
+        ("theta.npy.gz", _gz(_npy(encode_theta(r.theta, encoding)))),
+    ]
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), 0, 0o444
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    tar.addfile(info, io.BytesIO(data))
+
+
+class WdsStore:
+    """Registry entry "wds": paths, root preparation, shard writer and reader."""
+
+    subdir = ROOT  # shards live in STORE/<subdir>/
+
+    @staticmethod
+    def shard_path(root: Path, name: str) -> Path:
+        return Path(root) / ROOT / f"{name}.tar"
+
+    @staticmethod
+    def prepare(root: Path) -> None:
+        (Path(root) / ROOT).mkdir(parents=True, exist_ok=True)
+
+    @staticmethod
+    def write(path: Path, records: list[TrajectoryRecord], encoding: str) -> None:
+        with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+            for r in records:
+                for ext, data in _members(r, encoding):
+                    _add(tar, f"{r.id}.{ext}", data)
+
+    @staticmethod
+    def open(path: Path) -> "WdsShardReader":
+        return WdsShardReader(path)
+
+
+class WdsShardReader:
+    """Random access to the samples of one tar via the member offsets (headers read once)."""
+
+    def __init__(self, path: Path):
+        self._file = open(path, "rb")
+        self._samples: list[dict[str, tuple[int, int]]] = []  # [R] ext -> (offset, size)
+        keys: dict[str, int] = {}
+        try:
+            with tarfile.open(fileobj=self._file, mode="r:") as tar:
+                for m in tar:
+                    key, ext = m.name.split(".", 1)
+                    if key not in keys:
+                        keys[key] = len(self._samples)
+                        self._samples.append({})
+                    self._samples[keys[key]][ext] = (m.offset_data, m.size)
+        except BaseException:
+            self._file.close()
+            raise
+
+    def __len__(self) -> int:
+        return len(self._samples)
+
+    def _member(self, i: int, ext: str) -> bytes:
+        off, size = self._samples[i][ext]
+        self._file.seek(off)
+        data = self._file.read(size)
+        return gzip.decompress(data) if ext.endswith(".gz") else data
+
+    def read(self, i: int) -> TrajectoryRecord:
+        assert 0 <= i < len(self), f"record index {i} out of range [0, {len(self)})"
+        head = json.loads(self._member(i, "json"))
+        assert head["schema_version"] == SCHEMA_VERSION, f"schema {head['schema_version']}"
+        t = head["theta"]
+        return TrajectoryRecord(
+            id=head["id"],
+            episode=head["episode"],
+            support=_load_npy(self._member(i, "support.npy.gz")),
+            labels=_load_npy(self._member(i, "labels.npy")),
+            theta=decode_theta(
+                _load_npy(self._member(i, "theta.npy.gz")), t["encoding"], t["dtype"]
+            ),
+            loss=_load_npy(self._member(i, "loss.npy")),
+            meta=head["meta"],
+        )
+
+    def close(self) -> None:
+        self._file.close()

@@ -1,0 +1,163 @@
+"""Streaming committed records to DDP ranks and their DataLoader workers.
+
+Per epoch, a plan fixes who reads what (`epoch_plan`), identically on every rank:
+1. shard order is shuffled with rng(seed, epoch) and the records are laid end to end, each
+   shard in its own order: the *read sequence*, sequential within a shard (what tar likes);
+2. that sequence is cut into world_size contiguous, near-equal parts, one per rank, so ranks
+   are disjoint and together cover every record exactly once (no padding, no dropping);
+3. each rank passes its part through a shuffle buffer seeded by rng(seed, epoch, rank); the
+   k-th record out was read at position < k + shuffle_buffer;
+4. each rank cuts its part into exactly steps = ceil(ceil(N / W) / B) near-equal batches, so
+   every rank takes the same number of optimizer steps (unequal counts hang DDP).
+DataLoader worker i of a rank takes batches i, i + num_workers, ...; the DataLoader's
+round-robin over workers hands them to the trainer in plan order. A worker reads its records
+in read-sequence order (each shard opened once, front to back) and holds each until its batch
+is complete: by 3., about shuffle_buffer + batch_size * num_workers records at most.
+"""
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from engine.manifest import Manifest, ShardInfo
+from engine.record import TrajectoryRecord
+from engine.stores import STORES, open_shard
+from hyperflow.errors import UserError
+
+
+def _buffer_shuffle(items: list, size: int, rng: np.random.Generator) -> list:
+    # Reservoir-style: fill a buffer of `size`, then emit a random element per new item.
+    u = rng.random(len(items))
+    buf, out = [], []
+    for k, x in enumerate(items):
+        buf.append(x)
+        if len(buf) >= size:
+            j = int(u[k] * len(buf))
+            buf[j], buf[-1] = buf[-1], buf[j]
+            out.append(buf.pop())
+    return out + [buf[j] for j in rng.permutation(len(buf))]
+
+
+def _shard_order(shards: list[ShardInfo], seed: int, epoch: int) -> list[int]:
+    # Indices into `shards` in this epoch's read order; the same on every rank and worker.
+    return np.random.default_rng([seed, epoch]).permutation(len(shards)).tolist()
+
+
+def epoch_plan(
+    shards: list[ShardInfo],
+    world_size: int,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    shuffle_buffer: int = 256,
+) -> list[list[list[tuple[str, int]]]]:
+    """plan[rank][step] = batch as [(shard name, index in shard)]; see module docstring."""
+    if world_size < 1 or batch_size < 1:
+        raise UserError(f"world_size {world_size} and batch_size {batch_size} must be >= 1")
+    n = sum(s.records for s in shards)
+    if n == 0:
+        raise UserError("no records to stream: the store has no committed shards")
+    order = _shard_order(shards, seed, epoch)
+    seq = [(shards[k].name, i) for k in order for i in range(shards[k].records)]
+    steps = math.ceil(math.ceil(n / world_size) / batch_size)
+    plan, start = [], 0
+    for rank in range(world_size):
+        part = seq[start : start + n // world_size + (rank < n % world_size)]
+        start += len(part)
+        if len(part) < steps:
+            raise UserError(
+                f"{n} records over world_size {world_size} with batch_size {batch_size} would "
+                f"give rank {rank} an empty batch; use batch_size >= 2 or more records"
+            )
+        part = _buffer_shuffle(part, shuffle_buffer, np.random.default_rng([seed, epoch, rank]))
+        bounds = np.linspace(0, len(part), steps + 1).round().astype(int)
+        plan.append([part[a:b] for a, b in zip(bounds[:-1], bounds[1:])])
+    assert start == n, f"plan covers {start} of {n} records"
+    return plan
+
+
+def collate(records: list[TrajectoryRecord]) -> dict:
+    """Batch of records -> dict of tensors; support/labels stay lists because N varies."""
+    return {
+        "ids": [r.id for r in records],
+        "theta": torch.from_numpy(np.stack([r.theta for r in records])).float(),  # [B, T+1, P]
+        "loss": torch.from_numpy(np.stack([r.loss for r in records])),  # float32 [B, T+1]
+        "support": [torch.from_numpy(r.support) for r in records],  # uint8 [N_i, C, H, W]
+        "labels": [torch.from_numpy(r.labels) for r in records],  # int64 [N_i]
+    }
+
+
+class RecordStream(IterableDataset):
+    """One rank's batches of one epoch, as collate() dicts (record lists if collated=False).
+
+    Use `DataLoader(stream, batch_size=None, num_workers=k)`: the stream batches itself.
+    len(stream) is the number of batches, equal on every rank. Call set_epoch(e) before each
+    epoch (with persistent_workers=True the workers would keep their old copy: don't).
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        fmt: str,
+        rank: int,
+        world_size: int,
+        batch_size: int,
+        seed: int,
+        shuffle_buffer: int = 256,
+        epoch: int = 0,
+        collated: bool = True,
+    ):
+        m = Manifest.load(root)
+        if fmt not in STORES or fmt not in m.formats:
+            raise UserError(f"store {root} has formats {m.formats}, not {fmt!r}")
+        if not 0 <= rank < world_size:
+            raise UserError(f"rank {rank} not in [0, world_size={world_size})")
+        self.root, self.fmt, self.rank, self.world_size = Path(root), fmt, rank, world_size
+        self.batch_size, self.seed, self.shuffle_buffer = batch_size, seed, shuffle_buffer
+        self.epoch, self.collated = epoch, collated
+        self.shards = m.shards_of(fmt)  # fixed at construction: later commits wait a restart
+        epoch_plan(self.shards, world_size, batch_size, seed, epoch, shuffle_buffer)  # fail early
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def plan(self) -> list[list[tuple[str, int]]]:
+        """This rank's batches for the current epoch."""
+        args = (self.world_size, self.batch_size, self.seed, self.epoch, self.shuffle_buffer)
+        return epoch_plan(self.shards, *args)[self.rank]
+
+    def __len__(self) -> int:
+        n = sum(s.records for s in self.shards)
+        return math.ceil(math.ceil(n / self.world_size) / self.batch_size)
+
+    def __iter__(self):
+        info = get_worker_info()
+        wid, nw = (0, 1) if info is None else (info.id, info.num_workers)
+        batches = self.plan()[wid::nw]
+        where = {x: j for j, batch in enumerate(batches) for x in batch}  # record -> batch
+        visit = {  # shard name -> when this epoch reads it
+            self.shards[k].name: r
+            for r, k in enumerate(_shard_order(self.shards, self.seed, self.epoch))
+        }
+        pending: list[dict] = [{} for _ in batches]  # batch -> {record key: record}
+        done, reader, current = 0, None, None
+        try:
+            for name, i in sorted(where, key=lambda x: (visit[x[0]], x[1])):
+                if name != current:  # sorted by shard: each shard is opened once
+                    if reader is not None:
+                        reader.close()
+                    reader, current = open_shard(self.root, self.fmt, name), name
+                j = where[(name, i)]
+                pending[j][(name, i)] = reader.read(i)
+                while done < len(batches) and len(pending[done]) == len(batches[done]):
+                    records = [pending[done][x] for x in batches[done]]
+                    pending[done] = {}
+                    done += 1
+                    yield collate(records) if self.collated else records
+        finally:
+            if reader is not None:
+                reader.close()
+        assert done == len(batches), f"worker {wid} emitted {done} of {len(batches)} batches"

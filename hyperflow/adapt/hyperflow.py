@@ -1,0 +1,69 @@
+"""HyperFlow adaptation: integrate d theta/dt = h(theta, t | support) from theta_0, no gradients.
+
+The drift network's task encoder sees the support set once; a few solver steps of the drift then
+replace T Adam steps with backward passes through the target.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from hyperflow.adapt.methods import Adapted
+from hyperflow.bias import get_theta
+from hyperflow.data.episodes import Episode
+from hyperflow.drift import DriftNet, load_drift
+from hyperflow.errors import UserError
+from hyperflow.model import TargetModel
+from hyperflow.solvers import integrate
+
+
+def find_drift_dirs(path: Path) -> dict[str, str]:
+    """{interpolant: dir} from a `hyperflow train` directory or a directory of them."""
+    if not path.is_dir():
+        raise UserError(f"--drift {str(path)!r} is not a directory")
+    candidates = [path] if (path / "drift.json").is_file() else sorted(path.iterdir())
+    found: dict[str, str] = {}
+    for d in candidates:
+        meta = d / "drift.json"
+        if meta.is_file():
+            interp = json.loads(meta.read_text())["interpolant"]
+            if interp in found:
+                raise UserError(
+                    f"two drift networks for interpolant {interp!r}: {found[interp]}, {d}"
+                )
+            found[interp] = str(d)
+    if not found:
+        raise UserError(f"--drift {str(path)!r} holds no drift.json (run `hyperflow train` first)")
+    return found
+
+
+def load_for_target(drift_dir: str, model: TargetModel) -> DriftNet:
+    """Load a drift network and check it was trained for this target's bias layout."""
+    net = load_drift(
+        drift_dir, model.backbone, model.feature_dim, expected_layout_hash=model.layout.hash()
+    )
+    return net.eval()
+
+
+@torch.inference_mode()
+def adapted_theta(
+    model: TargetModel, net: DriftNet, episode: Episode, steps: int, solver: str = "euler"
+) -> torch.Tensor:
+    """theta_T [P] reached by `steps` solver steps of the drift from the model's own biases."""
+    task = net.encode_tasks([(model.preprocess(episode.support_x), episode.support_y)])  # [1, D]
+    theta0 = get_theta(model.backbone, model.layout).unsqueeze(0)  # [1, P]
+
+    def drift(t: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        return net(theta, t.reshape(1).expand(theta.shape[0]), task)
+
+    return integrate(drift, theta0, float(net.horizon), steps, method=solver)[0]
+
+
+def adapt_hyperflow(
+    model: TargetModel, net: DriftNet, episode: Episode, steps: int, solver: str = "euler"
+) -> Adapted:
+    """HyperFlow adaptation; `predict(model, episode, adapted)` gives the query logits."""
+    return Adapted(theta=adapted_theta(model, net, episode, steps, solver))

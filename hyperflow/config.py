@@ -1,0 +1,182 @@
+"""Typed run configuration: YAML files (named or by path) plus `--set key=value` overrides.
+
+Every section is a dataclass; a key that no dataclass field names is an error that names the key,
+so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from hyperflow.errors import UserError
+from hyperflow.model import TargetConfig
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "glyphs"  # dataset spec: glyphs | folder:PATH
+    cache_dir: str | None = None  # None: $HYPERFLOW_CACHE or ~/.cache/hyperflow
+
+
+@dataclass
+class EpisodeConfig:
+    way: int = 5
+    shot: int = 5
+    query: int = 15
+    variable: bool = False  # Meta-Dataset-style variable way/shot
+
+
+@dataclass
+class PretrainConfig:
+    epochs: int = 30
+    max_seconds: float = 240.0  # wall-clock cap; the quickstart must stay fast on 2 cores
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 5e-4
+    seed: int = 0
+
+
+@dataclass
+class AdaptConfig:
+    steps: int = 20  # T: Adam steps of every gradient method and of every trajectory
+    lr: dict[str, float] = field(default_factory=dict)  # method -> fixed lr; missing: grid search
+    lr_grid: list[float] = field(default_factory=lambda: [3e-3, 1e-2, 3e-2, 1e-1])
+    full_lr_grid: list[float] = field(default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3])
+    val_episodes: int = 4  # per held-out domain, disjoint seeds from the evaluation episodes
+
+
+@dataclass
+class CollectConfig:
+    episodes: int = 400
+    domains: list[str] = field(default_factory=list)  # empty: every base domain
+    shifts: list[str] = field(default_factory=lambda: ["noise", "blur", "contrast", "thick"])
+    clean_fraction: float = 0.25  # share of episodes without an on-the-fly shift
+    lr_min: float = 1e-2  # per-episode lr ~ log-uniform [lr_min, lr_max]
+    lr_max: float = 1e-1
+    inits: int = 2  # trajectories per episode, from different init noise
+    sigma: float = 0.0  # std of Gaussian noise added to theta_0 for inits after the first
+    shard_size: int = 32  # episodes per shard (one actor task writes one shard)
+    format: str = "both"  # zarr | wds | both
+    theta_dtype: str = "float16"
+    workers: int = 2
+    cpus_per_worker: float = 1.0  # Ray resources of one collection actor; torch threads match
+    gpus_per_worker: float = 0.0  # fractions let several simulators share one GPU
+    seed: int = 0
+
+
+@dataclass
+class DriftTrainConfig:
+    size: str = "small"
+    encoder: str = "target"
+    interpolant: str = "piecewise_cubic"
+    steps: int = 1500
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup: int = 50
+    grad_clip: float = 1.0
+    mixed_precision: str = "no"  # no | fp16 | bf16 (Accelerate)
+    checkpoint_every: int = 500
+    shuffle_buffer: int = 256
+    loader_workers: int = 1
+    format: str = "wds"
+    seed: int = 0
+
+
+@dataclass
+class EvaluateConfig:
+    episodes: int = 100  # per domain
+    methods: list[str] = field(
+        default_factory=lambda: [
+            "direct",
+            "head_tuning",
+            "bias_tuning",
+            "full_tuning",
+            "hyperflow_linear",
+            "hyperflow_pl",
+            "hyperflow_cubic",
+        ]
+    )
+    solver: str = "euler"
+    solver_steps: list[int] = field(default_factory=lambda: [1, 5, 20, 50])
+    workers: int = 2
+    seed: int = 1000
+
+
+@dataclass
+class Config:
+    target: TargetConfig = field(default_factory=TargetConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    episodes: EpisodeConfig = field(default_factory=EpisodeConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
+    collect: CollectConfig = field(default_factory=CollectConfig)
+    train: DriftTrainConfig = field(default_factory=DriftTrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+
+def load_config(name_or_path: str, overrides: list[str] | None = None) -> Config:
+    """Config from a named file in hyperflow/configs or a YAML path, then `a.b=value` overrides."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = CONFIG_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+        raise UserError(f"config {name_or_path!r} not found (named configs: {names}, or a path)")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise UserError(f"config {str(path)!r} must be a YAML mapping")
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"override {item!r} is not of the form section.key=value")
+        *parents, leaf = key.split(".")
+        node = raw
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = yaml.safe_load(value)
+    return _build(Config, raw, "")
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _build(cls, raw: dict, prefix: str):
+    if not isinstance(raw, dict):
+        raise UserError(f"config key {prefix.rstrip('.')!r} must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in names:
+            raise UserError(
+                f"config key {prefix + str(key)!r} does not exist (valid here: {sorted(names)})"
+            )
+    kwargs = {}
+    for key, value in raw.items():
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value, f"{prefix}{key}.")
+        else:
+            kwargs[key] = _check(value, hint, prefix + key)
+    return cls(**kwargs)
+
+
+def _check(value, hint, key: str):
+    """Light type check so `--set pretrain.epochs=abc` fails here, not deep inside a job."""
+    origin = typing.get_origin(hint) or hint
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    simple = {int: int, float: float, str: str, bool: bool, list: list, dict: dict}
+    if origin in simple and not isinstance(value, simple[origin]):
+        raise UserError(f"config key {key!r} expects {origin.__name__}, got {value!r}")
+    if origin is int and isinstance(value, bool):
+        raise UserError(f"config key {key!r} expects int, got {value!r}")
+    return value

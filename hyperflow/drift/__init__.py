@@ -1,0 +1,19 @@
+"""Conditional drift network h(theta, t | support set), its objective and its checkpoints."""
+
+from hyperflow.drift.io import load_drift, read_drift_meta, save_drift
+from hyperflow.drift.network import DRIFT_SIZES, DriftConfig, DriftNet, DriftSize
+from hyperflow.drift.objective import drift_loss, fit_normalizer_from_knots
+from hyperflow.drift.task import timm_encoder
+
+__all__ = [
+    "DRIFT_SIZES",
+    "DriftConfig",
+    "DriftNet",
+    "DriftSize",
+    "drift_loss",
+    "fit_normalizer_from_knots",
+    "load_drift",
+    "read_drift_meta",
+    "save_drift",
+    "timm_encoder",
+]

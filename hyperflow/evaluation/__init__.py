@@ -1,0 +1,1 @@
+"""Paired evaluation of adaptation methods over the same episodes, and its report."""

@@ -1,0 +1,85 @@
+"""What an evaluation runs: the episodes of every domain and the method variants.
+
+Episodes are fixed by (seed, domain index, episode index), so every method, worker count and rerun
+sees the same tasks (paired comparison). Validation episodes for the learning-rate grid use a
+disjoint seed range.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hyperflow.adapt.methods import GRADIENT_METHODS
+from hyperflow.data.dataset import Dataset
+from hyperflow.data.episodes import sample_episode
+from hyperflow.errors import UserError
+from hyperflow.evaluation.worker import EpisodeJob, MethodSpec
+
+HYPERFLOW_METHODS = {
+    "hyperflow_linear": "linear",
+    "hyperflow_pl": "piecewise_linear",
+    "hyperflow_cubic": "piecewise_cubic",
+}
+VALIDATION_OFFSET = 10_000_000  # validation episode indices never meet evaluation indices
+
+
+def episode_jobs(
+    data: Dataset,
+    domains: list[str],
+    n: int,
+    way: int,
+    shot: int,
+    query: int,
+    seed: int,
+    offset: int = 0,
+) -> list[EpisodeJob]:
+    """n episodes per domain, each seeded from (seed, domain index, offset + episode index)."""
+    if n < 1:
+        raise UserError(f"--episodes must be at least 1, got {n}")
+    jobs = []
+    for d_idx, name in enumerate(domains):
+        for i in range(offset, offset + n):
+            ep_seed = int(np.random.default_rng([seed, d_idx, i]).integers(2**31))
+            spec = sample_episode(data.domains[name], ep_seed, way, shot, query)
+            jobs.append(EpisodeJob(name, i, spec.to_json(), ep_seed))
+    return jobs
+
+
+def method_specs(
+    names: list[str],
+    lrs: dict[str, float],
+    steps: int,
+    drifts: dict[str, str],
+    solver: str,
+    solver_steps: list[int],
+) -> list[MethodSpec]:
+    """Expand method names into runnable variants; hyperflow methods once per solver step count."""
+    specs = []
+    for name in names:
+        if name in GRADIENT_METHODS:
+            specs.append(
+                MethodSpec(name, name, lrs.get(name, 0.0), 0 if name == "direct" else steps)
+            )
+        elif name in HYPERFLOW_METHODS:
+            interp = HYPERFLOW_METHODS[name]
+            if interp not in drifts:
+                raise UserError(
+                    f"method {name!r} needs a drift network trained with interpolant {interp!r}; "
+                    f"--drift provides {sorted(drifts) or 'none'}"
+                )
+            for k in solver_steps:
+                specs.append(MethodSpec(f"{name}@{k}", "hyperflow", 0.0, k, interp, solver))
+        else:
+            valid = sorted(GRADIENT_METHODS) + sorted(HYPERFLOW_METHODS)
+            raise UserError(f"unknown method {name!r}; choose from {valid}")
+    return specs
+
+
+def lr_candidates(names: list[str], grid: list[float], full_grid: list[float], steps: int):
+    """Method variants for the learning-rate search: one per (gradient method, grid value)."""
+    out = []
+    for name in names:
+        if name in GRADIENT_METHODS and name != "direct":
+            for lr in full_grid if name == "full_tuning" else grid:
+                out.append(MethodSpec(f"{name}|{lr:g}", name, lr, steps))
+    return out

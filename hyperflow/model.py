@@ -1,0 +1,125 @@
+"""Target model: a timm backbone with a ProtoNet head (cosine logits, learnable scale, as in P>M>F).
+
+Images enter as uint8 [N, C, H, W]; `preprocess` maps them to floats in [-1, 1]. Class
+prototypes are the mean support features; logits = scale * cosine(query feature, prototype).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from hyperflow.bias import BiasLayout, select_biases
+from hyperflow.errors import UserError
+
+
+@dataclass
+class TargetConfig:
+    backbone: str = "test_resnet"  # any name timm.create_model accepts
+    channels: int = 1
+    image_size: int = 32
+    checkpoint: str | None = None  # local weights file for the backbone (no hub downloads here)
+    include: list[str] = field(default_factory=lambda: ["*.bias"])  # bias patterns -> theta
+    exclude: list[str] = field(default_factory=list)
+    init_scale: float = 10.0
+
+
+class TargetModel(nn.Module):
+    def __init__(self, cfg: TargetConfig):
+        super().__init__()
+        self.cfg = cfg
+        try:
+            self.backbone = timm.create_model(
+                cfg.backbone, pretrained=False, num_classes=0, in_chans=cfg.channels
+            )
+        except RuntimeError as e:  # timm raises RuntimeError("Unknown model ...")
+            raise UserError(f"unknown timm model name {cfg.backbone!r}: {e}") from None
+        if cfg.checkpoint:
+            self._load_backbone_checkpoint(cfg.checkpoint)
+        self.logit_scale = nn.Parameter(torch.tensor(float(cfg.init_scale)))
+        self.layout: BiasLayout = select_biases(self.backbone, cfg.include, cfg.exclude)
+        with torch.no_grad():
+            probe = torch.zeros(1, cfg.channels, cfg.image_size, cfg.image_size)
+            self.feature_dim = self.backbone.eval()(probe).shape[-1]
+
+    def _load_backbone_checkpoint(self, path: str) -> None:
+        if not Path(path).is_file():
+            raise UserError(f"backbone checkpoint {path!r} does not exist")
+        state = load_file(path) if path.endswith(".safetensors") else torch.load(path, "cpu")
+        missing, unexpected = self.backbone.load_state_dict(state, strict=False)
+        if missing:
+            raise UserError(f"checkpoint {path!r} lacks {len(missing)} weights, e.g. {missing[0]}")
+
+    @staticmethod
+    def preprocess(x: torch.Tensor) -> torch.Tensor:
+        """uint8 [N, C, H, W] -> float [N, C, H, W] in [-1, 1]."""
+        return x.float().div(127.5).sub(1.0)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """float [N, C, H, W] -> [N, F]."""
+        return self.backbone(x)
+
+    def logits(
+        self, support_f: torch.Tensor, support_y: torch.Tensor, way: int, query_f: torch.Tensor
+    ) -> torch.Tensor:
+        """support_f [Ns, F], support_y [Ns], query_f [Nq, F] -> logits [Nq, way]."""
+        return self.logit_scale * cosine_logits(prototypes(support_f, support_y, way), query_f)
+
+
+def prototypes(feats: torch.Tensor, labels: torch.Tensor, way: int) -> torch.Tensor:
+    """feats [N, F], labels [N] in 0..way-1 -> class means [way, F]."""
+    onehot = F.one_hot(labels, way).to(feats.dtype)  # [N, way]
+    return onehot.t() @ feats / onehot.sum(0).clamp_min(1).unsqueeze(1)
+
+
+def cosine_logits(protos: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+    """protos [way, F], query [Nq, F] -> cosine similarities [Nq, way]."""
+    return F.normalize(query, dim=-1) @ F.normalize(protos, dim=-1).t()
+
+
+def save_target(model: TargetModel, out_dir: Path, extra: dict | None = None) -> None:
+    """Write out_dir/target.safetensors and out_dir/target.json (architecture, bias layout)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    tmp = out_dir / "target.safetensors.tmp"
+    save_file(state, str(tmp))
+    tmp.replace(out_dir / "target.safetensors")
+    info = {
+        "config": asdict(model.cfg),
+        "feature_dim": model.feature_dim,
+        "bias_size": model.layout.size,
+        "layout_hash": model.layout.hash(),
+        "layout": model.layout.to_json(),
+        **(extra or {}),
+    }
+    tmp = out_dir / "target.json.tmp"
+    tmp.write_text(json.dumps(info, indent=1))
+    tmp.replace(out_dir / "target.json")
+
+
+def load_target(target_dir: str | Path) -> TargetModel:
+    """Rebuild a TargetModel from a directory written by `hyperflow pretrain` (eval mode)."""
+    target_dir = Path(target_dir)
+    meta_path, weights = target_dir / "target.json", target_dir / "target.safetensors"
+    if not meta_path.is_file() or not weights.is_file():
+        raise UserError(f"--target {str(target_dir)!r} has no target.json/target.safetensors")
+    info = json.loads(meta_path.read_text())
+    cfg = TargetConfig(**{**info["config"], "checkpoint": None})
+    model = TargetModel(cfg)
+    model.load_state_dict(load_file(str(weights)))
+    return model.eval()
+
+
+def target_id(target_dir: str | Path) -> str:
+    """Short digest of a target's weights: stores and drift networks record their target."""
+    import hashlib
+
+    h = hashlib.sha256((Path(target_dir) / "target.safetensors").read_bytes())
+    return h.hexdigest()[:16]

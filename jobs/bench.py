@@ -1,0 +1,35 @@
+"""`hyperflow bench NAME --json`: measured claims, printed as JSON (ratios within one run).
+
+simulate  trajectories/s of the per-episode loop and of the batched simulator, same episodes, same T
+collect   bare batched simulator vs the Ray engine with 1 and 2 workers; write share;
+          bytes per trajectory
+stream    data wait share of trainer steps; samples/s with 1 and 2 ranks
+adapt     HyperFlow vs bias-tuning adaptation time and peak memory per episode
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+
+from jobs.common import add_config_args
+
+BENCHES = {
+    "simulate": "jobs.benches.simulate",
+    "collect": "jobs.benches.collect",
+    "stream": "jobs.benches.stream",
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", choices=sorted(BENCHES), help="which benchmark")
+    add_config_args(p, required=False)
+    p.add_argument("--target", help="a pretrained target directory (default: untrained backbone)")
+    p.add_argument("--episodes", type=int, default=16, help="episodes (trajectories) to time")
+    p.add_argument("--json", action="store_true", help="print only the JSON result")
+
+
+def run(args: argparse.Namespace) -> None:
+    result = importlib.import_module(BENCHES[args.name]).bench(args)
+    print(json.dumps(result, indent=None if args.json else 1))

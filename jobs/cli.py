@@ -1,0 +1,49 @@
+"""The `hyperflow` command: one subcommand per job, each in its own module under jobs/."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from hyperflow.errors import UserError
+
+# subcommand -> (module under jobs/, one-line help)
+COMMANDS = {
+    "data": ("data_info", "inspect a dataset spec: domains, classes, a PNG contact sheet"),
+    "pretrain": ("pretrain", "train the target backbone on the base domains"),
+    "collect": ("collect", "simulate bias-tuning trajectories on Ray into a sharded store"),
+    "inspect": ("inspect_store", "summarise and verify a trajectory store"),
+    "train": ("train", "train a drift network from a store (Accelerate; --nproc for ranks)"),
+    "evaluate": ("evaluate", "evaluate direct, gradient and HyperFlow adaptation per domain"),
+    "pipeline": ("pipeline", "pretrain, collect, train and evaluate end to end"),
+    "bench": ("bench", "benchmarks printing JSON"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hyperflow",
+        description="HyperFlow: gradient-free emulation of few-shot bias fine-tuning.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        mod = importlib.import_module(f"jobs.{module}")
+        p = sub.add_parser(name, help=help_text, description=(mod.__doc__ or help_text).strip())
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args._run(args)
+    except UserError as e:
+        print(f"hyperflow {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""`hyperflow collect`: Ray actors simulate bias-tuning trajectories into a sharded store.
+
+The store is a fixed list of shards (episode index ranges). The driver skips shards already in the
+manifest, deletes leftovers of uncommitted ones, hands the rest to actors with bounded in-flight
+work, and commits each shard to manifest.json as its writer reports it. Re-running the same command
+on a store therefore completes it; a store from another config is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+from tqdm import tqdm
+
+from engine.collect import CollectSpec, collect
+from engine.pool import connect
+from engine.stores import open_store, remove_uncommitted, shard_name
+from hyperflow.config import load_config
+from hyperflow.data import load_dataset
+from hyperflow.data.episodes import sample_episode
+from hyperflow.data.shifts import SHIFTS
+from hyperflow.errors import UserError
+from hyperflow.model import load_target
+from jobs.common import add_config_args, positive_int
+
+FORMATS = {"zarr": ["zarr"], "wds": ["wds"], "both": ["zarr", "wds"]}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_config_args(p)
+    p.add_argument("--target", required=True, help="directory written by `hyperflow pretrain`")
+    p.add_argument("--out", required=True, help="store directory (created, or resumed)")
+    p.add_argument("--episodes", type=positive_int, help="episodes (default: the config's)")
+    p.add_argument("--format", choices=sorted(FORMATS), help="store format (default: config's)")
+    p.add_argument("--workers", type=positive_int, help="Ray actors (default: the config's)")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local one)")
+    p.add_argument("--run", default="c", help="record id prefix (letters, digits, - or _)")
+
+
+def run(args: argparse.Namespace) -> None:
+    # config
+    cfg = load_config(args.config, args.set)
+    cc, ec = cfg.collect, cfg.episodes
+    episodes = args.episodes or cc.episodes
+    if (args.format or cc.format) not in FORMATS:
+        raise UserError(f"collect.format {cc.format!r} is not one of {sorted(FORMATS)}")
+    formats = FORMATS[args.format or cc.format]
+    workers = args.workers or cc.workers
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {str(out)!r} is an existing file, not a store directory")
+
+    # setup: validate everything before the store or Ray is touched
+    model = load_target(args.target)
+    data = load_dataset(
+        cfg.data.dataset, model.cfg.image_size, model.cfg.channels, cfg.data.cache_dir
+    )
+    domains = cc.domains or data.names("base")
+    for name in domains:  # raises naming the domain if it has too few classes or images
+        if name not in data.domains:
+            raise UserError(f"collect domain {name!r} not in dataset ({data.names()})")
+        sample_episode(data.domains[name], 0, ec.way, ec.shot, ec.query)
+    for s in cc.shifts:
+        if s not in SHIFTS:
+            raise UserError(f"collect shift {s!r} unknown; choose from {sorted(SHIFTS)}")
+    spec = CollectSpec.from_config(cfg, model, args.target, domains, args.run)
+    config = {**spec.manifest_config(), "episodes": episodes}
+    manifest = open_store(out, config, formats)
+    removed = remove_uncommitted(out)
+    if removed:
+        print(f"removed {len(removed)} uncommitted leftovers: {', '.join(removed[:4])}")
+    n_shards = math.ceil(episodes / cc.shard_size)
+    todo = [
+        i for i in range(n_shards) if not all(manifest.committed(shard_name(i), f) for f in formats)
+    ]
+    if not todo:
+        print(f"store {out} is complete: {n_shards} shards, {episodes * cc.inits} trajectories")
+        return
+    connect(args.address)
+    init = {
+        "spec": spec,
+        "target_dir": str(Path(args.target).resolve()),
+        "store": str(out.resolve()),
+        "formats": formats,
+        "cache_dir": cfg.data.cache_dir,
+        "total": episodes,
+        "threads": max(1, int(cc.cpus_per_worker)),
+    }
+
+    # loop
+    done_before = (n_shards - len(todo)) * cc.shard_size * cc.inits
+    total = episodes * cc.inits
+    with tqdm(total=total, initial=min(done_before, total), desc="collect", unit="traj") as bar:
+        stats = collect(
+            spec,
+            manifest,
+            todo,
+            init,
+            workers,
+            cc.cpus_per_worker,
+            cc.gpus_per_worker,
+            progress=bar.update,
+        )
+    print(
+        f"collected {stats.trajectories} trajectories in {stats.seconds:.1f} s "
+        f"({stats.trajectories / stats.seconds:.2f} traj/s, {workers} workers); writing took "
+        f"{100 * stats.write_fraction:.1f}% of worker time; actors replaced: {stats.replaced}"
+    )
+    print(
+        f"store {out}: {len(manifest.shards)} shard files, formats {formats}; "
+        f"see `hyperflow inspect {out}`"
+    )

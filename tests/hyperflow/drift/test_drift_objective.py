@@ -1,0 +1,75 @@
+import pytest
+import torch
+from torch import nn
+
+from hyperflow.drift import DriftConfig, DriftNet, drift_loss, fit_normalizer_from_knots
+from hyperflow.interpolants import INTERPOLANTS, interpolate
+
+T = 3
+
+
+def knots_for(layout, seed: int, layer_units: list[float]) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    unit = torch.tensor(layer_units)[layout.layer_index()]  # [P]
+    steps = torch.randn(6, T, layout.size, generator=g) * unit
+    start = torch.randn(6, 1, layout.size, generator=g) * unit
+    return torch.cat([start, start + steps.cumsum(1)], dim=1)  # [6, T+1, P]
+
+
+def fitted_net(layout, knots, interpolant: str) -> DriftNet:
+    torch.manual_seed(0)
+    net = DriftNet(layout, DriftConfig(interpolant=interpolant), nn.Identity(), 16, T)
+    fit_normalizer_from_knots(net, knots, interpolant, torch.Generator().manual_seed(9))
+    return net
+
+
+@pytest.mark.parametrize("interpolant", sorted(INTERPOLANTS))
+def test_loss_matches_a_per_layer_reference(layout, interpolant):
+    knots = knots_for(layout, 0, [1.0, 0.1, 5.0, 1.0, 0.01])
+    net, task = fitted_net(layout, knots, interpolant), torch.randn(6, 64)
+    loss = drift_loss(net, knots, task, interpolant, torch.Generator().manual_seed(3))
+    t = torch.rand(6, generator=torch.Generator().manual_seed(3)) * T
+    theta, velocity = interpolate(interpolant, knots, t)
+    pred = net(theta, t, task)
+    per_layer = []
+    for i, e in enumerate(layout.entries):
+        sl = slice(e.offset, e.offset + e.numel)
+        per_layer.append(((pred[:, sl] - velocity[:, sl]) ** 2).mean() / net.velocity_scale[i] ** 2)
+    torch.testing.assert_close(loss, torch.stack(per_layer).mean())
+
+
+def test_loss_is_invariant_to_per_layer_units(layout):
+    # a layer measured in other units (x1000) must count exactly as much as before
+    interpolant = "piecewise_cubic"
+    knots = knots_for(layout, 1, [1.0, 1.0, 1.0, 1.0, 1.0])
+    rescale = torch.tensor([1.0, 1000.0, 1.0, 0.001, 1.0])[layout.layer_index()]
+    task = torch.randn(6, 64)
+    losses = []
+    for k in (knots, knots * rescale):
+        net = fitted_net(layout, k, interpolant)
+        losses.append(drift_loss(net, k, task, interpolant, torch.Generator().manual_seed(4)))
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-4, atol=0)
+
+
+def test_loss_is_seeded_and_trains(layout):
+    knots = knots_for(layout, 2, [1.0, 0.1, 5.0, 1.0, 0.01])
+    net, task = fitted_net(layout, knots, "linear"), torch.randn(6, 64)
+
+    def loss(seed):
+        return drift_loss(net, knots.half(), task, "linear", torch.Generator().manual_seed(seed))
+
+    assert loss(0).item() == loss(0).item() != loss(1).item()
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    first = loss(0).item()
+    for step in range(60):
+        opt.zero_grad()
+        loss(step).backward()
+        opt.step()
+    assert loss(0).item() < 0.5 * first
+
+
+def test_horizon_mismatch_is_caught(layout):
+    knots = knots_for(layout, 0, [1.0] * 5)
+    net = DriftNet(layout, DriftConfig(), nn.Identity(), 16, T + 1)
+    with pytest.raises(AssertionError, match="T=3"):
+        drift_loss(net, knots, torch.randn(6, 64), "linear", torch.Generator())
