@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import ray
+from ray._private import ray_constants
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from hyperflow.errors import UserError
@@ -28,6 +29,11 @@ def connect(address: str | None, num_cpus: int | None = None) -> None:
     address = address or os.environ.get("RAY_ADDRESS") or None
     kwargs: dict[str, Any] = {"log_to_driver": True, "configure_logging": False}
     if address is None:
+        # A private cluster stays on loopback. Ray maps 127.0.0.1 to the node's outward IP
+        # unless multi-node clusters are disabled, which this (documented) switch does; the
+        # env var reaches the raylet and workers, the constant this already-imported driver.
+        os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
+        ray_constants.ENABLE_RAY_CLUSTER = False
         kwargs.update(num_cpus=num_cpus, include_dashboard=False)
     try:
         ray.init(address=address, **kwargs)
@@ -55,6 +61,15 @@ class ResilientPool:
         self._replacements_left = max_replacements
         self.actors = [self._remote.remote(**init_kwargs) for _ in range(n)]
         self.replaced = 0
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        # a failing constructor fails every replacement the same way: report it, don't retry
+        try:
+            ray.get([a.__ray_ready__.remote() for a in self.actors])
+        except _DEAD as e:
+            self.shutdown()
+            raise UserError(f"{self._remote} workers failed to start: {e}") from None
 
     def map_unordered(self, method: str, items: Iterable[Any]) -> Iterator[tuple[Any, Any]]:
         """Yield (item, result) as results arrive; actor deaths resubmit the item elsewhere."""

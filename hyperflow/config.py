@@ -104,6 +104,7 @@ class EvaluateConfig:
             "hyperflow_cubic",
         ]
     )
+    domains: list[str] = field(default_factory=list)  # empty: every domain of the dataset
     solver: str = "euler"
     solver_steps: list[int] = field(default_factory=lambda: [1, 5, 20, 50])
     workers: int = 2

@@ -21,22 +21,28 @@ COMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The CLI parser; with `only`, just that subcommand's module is imported (fast start-up)."""
     parser = argparse.ArgumentParser(
         prog="hyperflow",
         description="HyperFlow: gradient-free emulation of few-shot bias fine-tuning.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
-        mod = importlib.import_module(f"jobs.{module}")
-        p = sub.add_parser(name, help=help_text, description=(mod.__doc__ or help_text).strip())
-        mod.add_arguments(p)
-        p.set_defaults(_run=mod.run)
+        p = sub.add_parser(name, help=help_text)
+        if only is None or name == only:
+            mod = importlib.import_module(f"jobs.{module}")
+            p.description = (mod.__doc__ or help_text).strip()
+            p.formatter_class = argparse.RawDescriptionHelpFormatter
+            mod.add_arguments(p)
+            p.set_defaults(_run=mod.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    chosen = next((a for a in argv if not a.startswith("-")), "")
+    args = build_parser(only=chosen if chosen in COMMANDS else "").parse_args(argv)
     try:
         args._run(args)
     except UserError as e:

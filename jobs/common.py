@@ -24,11 +24,12 @@ def add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     )
 
 
-def check_out_dir(out: Path, produces: list[str] | None = None) -> Path:
-    """Create the output directory; refuse a path that is an existing file."""
+def check_out_dir(out: Path, create: bool = True) -> Path:
+    """Refuse an --out path that is an existing file; create the directory if asked."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {str(out)!r} exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
+    if create:
+        out.mkdir(parents=True, exist_ok=True)
     return out
 
 

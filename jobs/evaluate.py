@@ -16,14 +16,18 @@ import ray
 from tqdm import tqdm
 
 from engine.pool import ResilientPool, connect
+from hyperflow.adapt.hyperflow import find_drift_dirs, load_for_target
 from hyperflow.config import load_config
 from hyperflow.data import load_dataset
+from hyperflow.errors import UserError
+from hyperflow.evaluation.memory import MEASURE_ENV
 from hyperflow.evaluation.plan import (
     VALIDATION_OFFSET,
     episode_jobs,
     lr_candidates,
     method_specs,
 )
+from hyperflow.evaluation.plots import plot_loss_curves, plot_tradeoff
 from hyperflow.evaluation.report import markdown, summarize, write_report
 from hyperflow.evaluation.worker import EvalWorker
 from hyperflow.model import load_target
@@ -39,7 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="directory for results.json, results.md, plots")
     p.add_argument("--dataset", help="dataset spec (default: the config's), e.g. folder:PATH")
     p.add_argument("--methods", help="comma-separated methods (default: the config's)")
-    p.add_argument("--episodes", type=int, help="episodes per domain (default: the config's)")
+    p.add_argument(
+        "--episodes", type=positive_int, help="episodes per domain (default: the config's)"
+    )
     p.add_argument("--workers", type=positive_int, help="Ray actors (default: the config's)")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local one)")
 
@@ -52,13 +58,18 @@ def run(args: argparse.Namespace) -> None:
     workers = args.workers or ev.workers
     names = args.methods.split(",") if args.methods else ev.methods
     dataset = args.dataset or cfg.data.dataset
-    out = check_out_dir(Path(args.out))
+    out = check_out_dir(Path(args.out), create=False)  # created once the results exist
 
     # setup: validate everything cheap before starting Ray
     model = load_target(args.target)
     data = load_dataset(dataset, model.cfg.image_size, model.cfg.channels, cfg.data.cache_dir)
-    domains = data.names()
-    drifts = _find_drifts(args.drift) if args.drift else {}
+    domains = ev.domains or data.names()
+    for d in domains:
+        if d not in data.domains:
+            raise UserError(f"evaluate domain {d!r} not in {dataset!r} ({data.names()})")
+    drifts = find_drift_dirs(Path(args.drift)) if args.drift else {}
+    for path in drifts.values():  # refuse a drift for another target here, not in every actor
+        load_for_target(path, model)
     ec = cfg.episodes
     jobs = episode_jobs(data, domains, episodes, ec.way, ec.shot, ec.query, ev.seed)
     lrs = dict(cfg.adapt.lr)
@@ -79,7 +90,7 @@ def run(args: argparse.Namespace) -> None:
         if m.kind not in lrs
     ]
     if search:
-        heldout = data.names("heldout") or domains
+        heldout = [d for d in domains if data.domains[d].split == "heldout"] or domains
         val = episode_jobs(
             data,
             heldout,
@@ -97,6 +108,8 @@ def run(args: argparse.Namespace) -> None:
 
     # loop
     rows = _run(pool, jobs, methods, "evaluate")
+    heldout = [d for d in domains if data.domains[d].split == "heldout"]
+    curves = _curves(pool, jobs, methods, heldout or domains, drifts, ev)
     pool.shutdown()
     memory = _memory(methods, jobs[0], init)
 
@@ -113,9 +126,13 @@ def run(args: argparse.Namespace) -> None:
         d: {"split": data.domains[d].split, "family": data.domains[d].family} for d in domains
     }
     results = summarize(rows, methods, splits, header, memory)
+    out.mkdir(parents=True, exist_ok=True)
     write_report(results, out)
+    plot_tradeoff(results, out / "accuracy_vs_time.png")
+    if curves:
+        plot_loss_curves(curves, out / "loss_curves.png")
     print(markdown(results))
-    print(f"wrote {out / 'results.json'} and {out / 'results.md'}")
+    print(f"wrote {out}/results.json, results.md and PNG plots")
 
 
 def _run(pool, jobs, methods, desc) -> list[dict]:
@@ -126,6 +143,16 @@ def _run(pool, jobs, methods, desc) -> list[dict]:
             rows.extend(result)
             bar.update(len(chunk))
     return rows
+
+
+def _curves(pool, jobs, methods, domains, drifts, ev, per_domain: int = 2) -> list[dict]:
+    """Support-loss paths for the first episodes of each (held-out) domain."""
+    bias = next((m for m in methods if m.kind == "bias_tuning"), None)
+    if not drifts and bias is None:
+        return []
+    picked = [j for d in domains for j in [j for j in jobs if j.domain == d][:per_domain]]
+    work = [(j, bias, max(ev.solver_steps)) for j in picked]
+    return [c for _, c in pool.map_unordered("loss_curves", work)]
 
 
 def _best_lrs(rows, candidates) -> dict[str, float]:
@@ -142,7 +169,7 @@ def _best_lrs(rows, candidates) -> dict[str, float]:
 
 def _memory(methods, job, init) -> dict[str, int]:
     """Peak adaptation memory per method, each on a fresh single-use actor (2 at a time)."""
-    remote = ray.remote(EvalWorker).options(num_cpus=1)
+    remote = ray.remote(EvalWorker).options(num_cpus=1, runtime_env={"env_vars": MEASURE_ENV})
     out, todo = {}, list(methods)
     while todo:
         batch, todo = todo[:2], todo[2:]
@@ -152,9 +179,3 @@ def _memory(methods, job, init) -> dict[str, int]:
         for a in actors:
             ray.kill(a)
     return out
-
-
-def _find_drifts(path: str) -> dict[str, str]:
-    from hyperflow.adapt.hyperflow import find_drift_dirs
-
-    return find_drift_dirs(Path(path))

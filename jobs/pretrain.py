@@ -23,6 +23,7 @@ from hyperflow.adapt.methods import accuracy, classify
 from hyperflow.config import load_config, to_dict
 from hyperflow.data import load_dataset
 from hyperflow.data.episodes import EpisodeSampler, build_episode
+from hyperflow.errors import UserError
 from hyperflow.model import TargetModel, cosine_logits, save_target
 from jobs.common import add_config_args, check_out_dir
 
@@ -35,18 +36,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     # config
     cfg = load_config(args.config, args.set)
-    out = check_out_dir(Path(args.out), ["target.safetensors", "target.json"])
     pc = cfg.pretrain
 
-    # setup
+    # setup: the model and data validate the config before anything is written
     set_seed(pc.seed)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    model = TargetModel(cfg.target)
     data = load_dataset(
         cfg.data.dataset, cfg.target.image_size, cfg.target.channels, cfg.data.cache_dir
     )
     base = data.names("base")
+    if not base:
+        raise UserError(f"dataset {cfg.data.dataset!r} has no base domains to pretrain on")
     images, labels, n_classes = _pool(data, base)
-    model = TargetModel(cfg.target)
+    out = check_out_dir(Path(args.out))
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
     head = torch.nn.Parameter(torch.randn(n_classes, model.feature_dim) * 0.01)
     params = [{"params": model.parameters()}, {"params": [head], "weight_decay": 0.0}]
     opt = torch.optim.AdamW(params, lr=pc.lr, weight_decay=pc.weight_decay)
@@ -70,7 +73,8 @@ def run(args: argparse.Namespace) -> None:
     # loop
     start, step = time.time(), 0
     bar = tqdm(total=total, desc="pretrain", disable=not accelerator.is_main_process)
-    for _epoch in range(pc.epochs):
+    out_of_time = False
+    for epoch in range(pc.epochs):
         model.train()
         for x, y in loader:
             x = augment(model.preprocess(x).cpu(), gen).to(accelerator.device)
@@ -83,8 +87,11 @@ def run(args: argparse.Namespace) -> None:
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}", scale=f"{model.logit_scale.item():.1f}")
-        if time.time() - start > pc.max_seconds:
-            accelerator.print(f"stopping after {_epoch + 1} epochs: max_seconds={pc.max_seconds}")
+            out_of_time = time.time() - start > pc.max_seconds
+            if out_of_time:
+                break
+        if out_of_time:
+            accelerator.print(f"stopping in epoch {epoch + 1}: max_seconds={pc.max_seconds}")
             break
     bar.close()
     seconds = time.time() - start

@@ -176,9 +176,8 @@ def _relaunch(args: argparse.Namespace) -> int:
         args.target,
         "--out",
         args.out,
-        "--nproc",
-        str(args.nproc),
-    ]
+    ]  # no --nproc: LOCAL_RANK tells the ranks they run under torchrun, and torchrun's own
+    # argparse rejects "--nproc" anywhere in its argv as an ambiguous abbreviation
     argv += [x for kv in args.set for x in ("--set", kv)]
     argv += ["--interpolant", args.interpolant] if args.interpolant else []
     argv += ["--resume"] if args.resume else []

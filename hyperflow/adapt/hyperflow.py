@@ -50,16 +50,23 @@ def load_for_target(drift_dir: str, model: TargetModel) -> DriftNet:
 
 @torch.inference_mode()
 def adapted_theta(
-    model: TargetModel, net: DriftNet, episode: Episode, steps: int, solver: str = "euler"
+    model: TargetModel,
+    net: DriftNet,
+    episode: Episode,
+    steps: int,
+    solver: str = "euler",
+    return_path: bool = False,
 ) -> torch.Tensor:
-    """theta_T [P] reached by `steps` solver steps of the drift from the model's own biases."""
+    """theta_T [P] reached by `steps` solver steps of the drift from the model's own biases,
+    or with return_path the whole path [steps+1, P] at t = k T / steps."""
     task = net.encode_tasks([(model.preprocess(episode.support_x), episode.support_y)])  # [1, D]
     theta0 = get_theta(model.backbone, model.layout).unsqueeze(0)  # [1, P]
 
     def drift(t: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
         return net(theta, t.reshape(1).expand(theta.shape[0]), task)
 
-    return integrate(drift, theta0, float(net.horizon), steps, method=solver)[0]
+    out = integrate(drift, theta0, float(net.horizon), steps, solver, return_path=return_path)
+    return out[1][:, 0] if return_path else out[0]
 
 
 def adapt_hyperflow(

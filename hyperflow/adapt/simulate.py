@@ -105,6 +105,23 @@ def _folded_loss(model, delta, clean, aug, labels, ways) -> torch.Tensor:
     return torch.stack(out)
 
 
+@torch.no_grad()
+def support_loss(
+    model: TargetModel, episode: Episode, thetas: torch.Tensor, seed: int
+) -> torch.Tensor:
+    """The simulator's support loss of one episode at each of thetas [B, P] -> [B].
+
+    One augmented copy drawn from `seed` serves every theta, so the values are comparable.
+    """
+    B = thetas.shape[0]
+    base = get_theta(model.backbone, model.layout)
+    clean = model.preprocess(episode.support_x).to(base.dtype)
+    aug = augment(clean, torch.Generator().manual_seed(seed))
+    labels = episode.support_y.unsqueeze(0).expand(B, -1)
+    clean, aug = (x.unsqueeze(0).expand(B, *x.shape) for x in (clean, aug))  # [B, N, C, H, W]
+    return _folded_loss(model, thetas - base, clean, aug, labels, [episode.way] * B)
+
+
 def _adam_step(theta, grad, m, v, lr, t):
     m.mul_(_BETAS[0]).add_(grad, alpha=1 - _BETAS[0])
     v.mul_(_BETAS[1]).addcmul_(grad, grad, value=1 - _BETAS[1])

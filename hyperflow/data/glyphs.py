@@ -19,7 +19,8 @@ renderings are near-identical (cosine >= GlyphParams.dedupe, e.g. Latin l vs I) 
 Blocks larger than max_classes are subsampled deterministically.
 
 The build is deterministic (numpy Generators seeded from (seed, domain, code point)) and cached
-as one .npz keyed by image_size, GlyphParams, BUILDER_VERSION and the font files.
+as one .npz keyed by image_size, GlyphParams, the domain table, BUILDER_VERSION, the font files
+and the Pillow/FreeType versions.
 """
 
 from __future__ import annotations
@@ -167,6 +168,7 @@ def _inputs(size: int, p: GlyphParams) -> dict:
         "version": BUILDER_VERSION,
         "image_size": size,
         "params": asdict(p),
+        "domains": [list(spec) for spec in DOMAINS],  # so an edited table can never hit old files
         "fonts": fonts,
         "pillow": PIL.__version__,
         "freetype": features.version("freetype2"),

@@ -12,7 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
+from hyperflow.adapt.hyperflow import adapt_hyperflow, adapted_theta, load_for_target
 from hyperflow.adapt.methods import GRADIENT_METHODS, Adapted, accuracy, adapt, classify, predict
+from hyperflow.adapt.simulate import simulate, support_loss
+from hyperflow.bias import get_theta
 from hyperflow.data import load_dataset
 from hyperflow.data.episodes import EpisodeSpec, build_episode
 from hyperflow.evaluation.memory import peak_memory_bytes
@@ -52,15 +55,11 @@ class EvalWorker:
         self.data = load_dataset(dataset, cfg.image_size, cfg.channels, cache_dir)
         self.drifts = {}
         if drift_dirs:
-            from hyperflow.adapt.hyperflow import load_for_target
-
             self.drifts = {k: load_for_target(v, self.model) for k, v in drift_dirs.items()}
 
     def _adapt(self, method: MethodSpec, episode, seed: int) -> Adapted:
         if method.kind in GRADIENT_METHODS:
             return adapt(method.kind, self.model, episode, method.lr, method.steps, seed)
-        from hyperflow.adapt.hyperflow import adapt_hyperflow
-
         net = self.drifts[method.drift]
         return adapt_hyperflow(self.model, net, episode, method.steps, method.solver)
 
@@ -91,5 +90,29 @@ class EvalWorker:
         method, job = work
         episode = build_episode(self.data, EpisodeSpec.from_json(job.spec))
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        classify(self.model, episode)  # warm-up: one-time kernel and allocator set-up
+        # warm-up: one-time kernel, thread-pool and allocator set-up is not adaptation memory
+        classify(self.model, episode)
+        self._adapt(method, episode, job.seed)
         return peak_memory_bytes(lambda: self._adapt(method, episode, job.seed), device)
+
+    def loss_curves(self, work: tuple[EpisodeJob, MethodSpec | None, int]) -> dict:
+        """Relative support loss L(theta_t) / L(theta_0) along each drift's Euler path and along
+        bias-tuning's Adam path (if given) for one episode; x is t / T."""
+        job, bias_method, steps = work
+        episode = build_episode(self.data, EpisodeSpec.from_json(job.spec))
+        curves = {}
+        for name, net in sorted(self.drifts.items()):
+            path = adapted_theta(self.model, net, episode, steps, "euler", return_path=True)
+            curves[name] = _relative(support_loss(self.model, episode, path, job.seed))
+        if bias_method is not None:
+            theta0 = get_theta(self.model.backbone, self.model.layout).unsqueeze(0)
+            lr = torch.tensor([bias_method.lr])
+            traj = simulate(self.model, [episode], theta0, lr, bias_method.steps, [job.seed])
+            curves["bias_tuning"] = _relative(
+                support_loss(self.model, episode, traj.theta[0], job.seed)
+            )
+        return {"domain": job.domain, "index": job.index, "curves": curves}
+
+
+def _relative(losses: torch.Tensor) -> list[float]:
+    return (losses / losses[0]).tolist()
