@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-from conftest import glyph_like
 
 from hyperflow.data.shifts import COLLECTION_SHIFTS, SHIFTS, ShiftParams, apply_shift
 from hyperflow.errors import UserError
@@ -10,7 +9,7 @@ NAMES = sorted(SHIFTS)
 
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("channels", [1, 3])
-def test_shift_keeps_shape_and_dtype_and_changes_every_image(name, channels):
+def test_shift_keeps_shape_and_dtype_and_changes_every_image(name, channels, glyph_like):
     images = glyph_like(16, channels=channels)
     out = apply_shift(name, images, seed=0)
     assert out.shape == images.shape and out.dtype == np.uint8
@@ -19,7 +18,7 @@ def test_shift_keeps_shape_and_dtype_and_changes_every_image(name, channels):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_shift_is_deterministic_for_a_seed(name):
+def test_shift_is_deterministic_for_a_seed(name, glyph_like):
     images = glyph_like(8)
     a, b = apply_shift(name, images, seed=3), apply_shift(name, images, seed=3)
     np.testing.assert_array_equal(a, b)
@@ -28,13 +27,13 @@ def test_shift_is_deterministic_for_a_seed(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_shift_parameters_vary_per_instance(name):
+def test_shift_parameters_vary_per_instance(name, glyph_like):
     images = np.repeat(glyph_like(1), 12, axis=0)  # 12 copies of one image
     out = apply_shift(name, images, seed=0)
     assert len({o.tobytes() for o in out}) > 1, f"{name} gave every copy the same parameters"
 
 
-def test_shift_families_do_what_their_names_say():
+def test_shift_families_do_what_their_names_say(glyph_like):
     x = glyph_like(32)
     ink, bg = x[:, 0] > 0, x[:, 0] == 0
     f = {n: apply_shift(n, x, seed=0).astype(np.float32)[:, 0] for n in NAMES}
@@ -50,7 +49,7 @@ def test_shift_families_do_what_their_names_say():
     assert moved.mean() > 0.01  # strokes displaced
 
 
-def test_stronger_params_shift_more():
+def test_stronger_params_shift_more(glyph_like):
     x = glyph_like(32)
     weak = apply_shift("noise", x, seed=0, params=ShiftParams(noise_std=(0.05, 0.05)))
     strong = apply_shift("noise", x, seed=0, params=ShiftParams(noise_std=(0.3, 0.3)))
@@ -58,7 +57,7 @@ def test_stronger_params_shift_more():
     assert err(strong) > 3 * err(weak)
 
 
-def test_unknown_shift_names_the_value_and_the_choices():
+def test_unknown_shift_names_the_value_and_the_choices(glyph_like):
     with pytest.raises(UserError, match=r"'sparkle'.*noise"):
         apply_shift("sparkle", glyph_like(2), seed=0)
 
