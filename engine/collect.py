@@ -167,14 +167,19 @@ class Collector:
             )
         return out
 
-    def shard(self, index: int) -> dict:
-        """Simulate and write shard `index` in every format; returns its ShardInfos and timings."""
+    def shard(self, index: int, formats: list[str] | None = None) -> dict:
+        """Simulate shard `index` and write it in `formats` (default: every format of the store).
+
+        Returns its ShardInfos and timings. The driver passes only the formats not yet committed:
+        a committed shard file is never rewritten, even with the same bytes, because readers may
+        be streaming it.
+        """
         start = time.perf_counter()
         records = self.records(index)
         simulated = time.perf_counter()
         infos: list[ShardInfo] = []
         name = shard_name(index)
-        for fmt in self.formats:
+        for fmt in self.formats if formats is None else formats:
             final = STORES[fmt].shard_path(self.store, name)
             if final.exists():  # renamed by a writer that died before reporting: not committed
                 shutil.rmtree(final) if final.is_dir() else final.unlink()
@@ -211,24 +216,33 @@ def collect(
     num_cpus: float = 1,
     num_gpus: float = 0,
     progress=None,
+    actor_cls: type = Collector,
 ) -> CollectStats:
     """Run shards `todo` on `workers` Ray actors, committing each to `manifest` as it lands.
 
-    init: Collector keyword arguments. progress(n) is called with each shard's record count.
+    init: Collector keyword arguments. progress(n) is called with each shard's record count,
+    after its commit. actor_cls: Collector or a subclass (tests use one to inject faults).
     """
-    pool = ResilientPool(Collector, workers, init, num_cpus=num_cpus, num_gpus=num_gpus)
-    pool.call_all("ready")  # time the steady state, not actor start-up
-    start = time.perf_counter()
-    sim_s = write_s = 0.0
-    n = 0
-    for _, result in pool.map_unordered("shard", todo):
-        for info in result["infos"]:
-            if not manifest.committed(info.name, info.format):
-                manifest.commit(info)
-        sim_s += result["simulate_s"]
-        write_s += result["write_s"]
-        n += result["records"]
-        if progress:
-            progress(result["records"])
-    pool.shutdown()
+    # each shard is written only in the formats the manifest still lacks (a run killed between
+    # the commits of one shard's formats leaves the first committed, and it must stay untouched)
+    missing = {
+        i: [f for f in manifest.formats if not manifest.committed(shard_name(i), f)] for i in todo
+    }
+    tasks = [(i, missing[i]) for i in todo if missing[i]]
+    pool = ResilientPool(actor_cls, workers, init, num_cpus=num_cpus, num_gpus=num_gpus)
+    try:
+        pool.call_all("ready")  # time the steady state, not actor start-up
+        start = time.perf_counter()
+        sim_s = write_s = 0.0
+        n = 0
+        for _, result in pool.map_unordered("shard", tasks, unpack=True):
+            for info in result["infos"]:
+                manifest.commit(info)  # raises on a duplicate shard or id: never expected
+            sim_s += result["simulate_s"]
+            write_s += result["write_s"]
+            n += result["records"]
+            if progress:
+                progress(result["records"])
+    finally:  # also on errors: no actor may keep writing into the store after we return
+        pool.shutdown()
     return CollectStats(n, time.perf_counter() - start, sim_s, write_s, pool.replaced)

@@ -9,6 +9,7 @@ place, so every item completes exactly once from the driver's point of view.
 from __future__ import annotations
 
 import os
+import socket
 from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -22,23 +23,78 @@ from hyperflow.errors import UserError
 _DEAD = (RayActorError, ActorDiedError, ActorUnavailableError)
 
 
+def resolve_address(address: str | None) -> str | None:
+    """The cluster to join: `address`, else RAY_ADDRESS, else None (start a local cluster)."""
+    return address or os.environ.get("RAY_ADDRESS") or None
+
+
+def _is_loopback(address: str) -> bool:
+    host = address.rpartition(":")[0].strip("[]")
+    return host == "localhost" or host == "::1" or host.startswith("127.")
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast (UserError) unless something accepts TCP connections at a GCS `address`.
+
+    ray.init(address=...) against a closed port retries for many minutes (measured: still
+    retrying after 10 min with Ray 2.60), so a typo or a cluster that is down would look like a
+    hang. "auto"/"local" and Ray Client (ray://) addresses are left to Ray.
+    """
+    if address in ("auto", "local") or address.startswith("ray://"):
+        return
+    where = "--address" if address != os.environ.get("RAY_ADDRESS") else "RAY_ADDRESS"
+    if "://" in address:
+        raise UserError(
+            f"{where} {address!r}: give the cluster's GCS address host:port (the --port of "
+            "`ray start --head`, e.g. 127.0.0.1:6379), not a URL; the dashboard URL "
+            "(http://...:8265) is for `ray job submit`"
+        )
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise UserError(f"{where} {address!r} is not of the form host:port")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise UserError(
+            f"cannot reach the Ray cluster at {where} {address!r}: "
+            f"{e.strerror or e} (nothing accepts connections there within {timeout:g} s). "
+            f"Start one with `ray start --head --port {port}`, fix the address, or leave out "
+            "--address to run on a local cluster"
+        ) from None
+
+
 def connect(address: str | None, num_cpus: int | None = None) -> None:
     """ray.init against `address` (or RAY_ADDRESS), else a private local cluster."""
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS") or None
+    address = resolve_address(address)
     kwargs: dict[str, Any] = {"log_to_driver": True, "configure_logging": False}
-    if address is None:
+    if address is None or _is_loopback(address):
         # A private cluster stays on loopback. Ray maps 127.0.0.1 to the node's outward IP
         # unless multi-node clusters are disabled, which this (documented) switch does; the
         # env var reaches the raylet and workers, the constant this already-imported driver.
+        # A cluster joined at a loopback address gets the same switch: one started on loopback
+        # (`ray start --node-ip-address 127.0.0.1` with the switch) listens on 127.0.0.1 only,
+        # and Ray would otherwise dial the outward IP and retry for minutes.
         os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
         ray_constants.ENABLE_RAY_CLUSTER = False
+    if address is None:
         kwargs.update(num_cpus=num_cpus, include_dashboard=False)
+    else:
+        check_reachable(address)  # seconds, not the minutes ray.init retries for
     try:
         ray.init(address=address, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as e:
-        raise UserError(f"cannot reach the Ray cluster at --address {address!r}: {e}") from None
+        hint = ""
+        if address is not None and os.environ.get("RAY_AUTH_MODE") != "token":
+            # a rejected token only shows in Ray's log lines; ray.init just fails to connect
+            hint = (
+                "; if the cluster uses token authentication (Ray's default), export "
+                "RAY_AUTH_MODE=token and its RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH)"
+            )
+        raise UserError(
+            f"cannot reach the Ray cluster at --address {address!r}: {e}{hint}"
+        ) from None
 
 
 class ResilientPool:
@@ -71,8 +127,13 @@ class ResilientPool:
             self.shutdown()
             raise UserError(f"{self._remote} workers failed to start: {e}") from None
 
-    def map_unordered(self, method: str, items: Iterable[Any]) -> Iterator[tuple[Any, Any]]:
-        """Yield (item, result) as results arrive; actor deaths resubmit the item elsewhere."""
+    def map_unordered(
+        self, method: str, items: Iterable[Any], unpack: bool = False
+    ) -> Iterator[tuple[Any, Any]]:
+        """Yield (item, result) as results arrive; actor deaths resubmit the item elsewhere.
+
+        unpack: each item is a tuple of the method's arguments (default: its one argument).
+        """
         queue = deque(items)
         inflight: dict[ray.ObjectRef, tuple[int, Any]] = {}
         load = {i: 0 for i in range(len(self.actors))}
@@ -80,7 +141,8 @@ class ResilientPool:
             for i in list(load):
                 while queue and load[i] < self._depth:
                     item = queue.popleft()
-                    ref = getattr(self.actors[i], method).remote(item)
+                    call = getattr(self.actors[i], method)
+                    ref = call.remote(*item) if unpack else call.remote(item)
                     inflight[ref] = (i, item)
                     load[i] += 1
             done, _ = ray.wait(list(inflight), num_returns=1)
@@ -102,6 +164,9 @@ class ResilientPool:
             raise RuntimeError("too many actor failures; giving up")
         for ref in [r for r, (j, _) in inflight.items() if j == i]:
             queue.appendleft(inflight.pop(ref)[1])
+        # ActorUnavailableError does not mean dead: the old actor may still be running an item
+        # we are about to hand to its successor (two writers on one shard). Make sure it is gone.
+        ray.kill(self.actors[i], no_restart=True)
         self._replacements_left -= 1
         self.replaced += 1
         self.actors[i] = self._remote.remote(**self._init_kwargs)

@@ -9,10 +9,12 @@ Per epoch, a plan fixes who reads what (`epoch_plan`), identically on every rank
    k-th record out was read at position < k + shuffle_buffer;
 4. each rank cuts its part into exactly steps = ceil(ceil(N / W) / B) near-equal batches, so
    every rank takes the same number of optimizer steps (unequal counts hang DDP).
-DataLoader worker i of a rank takes batches i, i + num_workers, ...; the DataLoader's
-round-robin over workers hands them to the trainer in plan order. A worker reads its records
-in read-sequence order (each shard opened once, front to back) and holds each until its batch
-is complete: by 3., about shuffle_buffer + batch_size * num_workers records at most.
+set_epoch(e, start) skips the first `start` batches of the plan without reading them (a trainer
+resuming mid-epoch). DataLoader worker i of a rank takes batches i, i + num_workers, ... of the
+rest; the DataLoader's round-robin over workers hands them to the trainer in plan order.
+EpochStream chains the epochs for one long-lived DataLoader. A worker reads its records in
+read-sequence order (each shard opened once, front to back) and holds each until its batch is
+complete: by 3., about shuffle_buffer + batch_size * num_workers records at most.
 """
 
 import math
@@ -95,7 +97,8 @@ class RecordStream(IterableDataset):
 
     Use `DataLoader(stream, batch_size=None, num_workers=k)`: the stream batches itself.
     len(stream) is the number of batches, equal on every rank. Call set_epoch(e) before each
-    epoch (with persistent_workers=True the workers would keep their old copy: don't).
+    epoch (with persistent_workers=True the workers would keep their old copy: don't), or
+    wrap the stream in an EpochStream to run through the epochs with one DataLoader.
     """
 
     def __init__(
@@ -118,11 +121,15 @@ class RecordStream(IterableDataset):
         self.root, self.fmt, self.rank, self.world_size = Path(root), fmt, rank, world_size
         self.batch_size, self.seed, self.shuffle_buffer = batch_size, seed, shuffle_buffer
         self.epoch, self.collated = epoch, collated
+        self.start = 0  # batches of this epoch to skip (resuming mid-epoch)
         self.shards = m.shards_of(fmt)  # fixed at construction: later commits wait a restart
         epoch_plan(self.shards, world_size, batch_size, seed, epoch, shuffle_buffer)  # fail early
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Stream epoch `epoch` from its batch `start` on (0 <= start <= len(self))."""
+        if not 0 <= start <= len(self):
+            raise UserError(f"start batch {start} not in [0, {len(self)}] (batches per epoch)")
+        self.epoch, self.start = epoch, start
 
     def plan(self) -> list[list[tuple[str, int]]]:
         """This rank's batches for the current epoch."""
@@ -134,13 +141,18 @@ class RecordStream(IterableDataset):
         return math.ceil(math.ceil(n / self.world_size) / self.batch_size)
 
     def __iter__(self):
-        info = get_worker_info()
-        wid, nw = (0, 1) if info is None else (info.id, info.num_workers)
-        batches = self.plan()[wid::nw]
+        wid, nw = _worker()
+        for records in self._read(self.epoch, self.plan()[self.start :][wid::nw]):
+            yield collate(records) if self.collated else records
+
+    def _read(self, epoch: int, batches: list[list[tuple[str, int]]]):
+        """Yield the records of `batches` (of epoch `epoch`), batch by batch, reading them in the
+        epoch's read sequence: each shard opened once, front to back; a record waits in memory
+        until its batch is complete."""
         where = {x: j for j, batch in enumerate(batches) for x in batch}  # record -> batch
         visit = {  # shard name -> when this epoch reads it
             self.shards[k].name: r
-            for r, k in enumerate(_shard_order(self.shards, self.seed, self.epoch))
+            for r, k in enumerate(_shard_order(self.shards, self.seed, epoch))
         }
         pending: list[dict] = [{} for _ in batches]  # batch -> {record key: record}
         done, reader, current = 0, None, None
@@ -156,8 +168,45 @@ class RecordStream(IterableDataset):
                     records = [pending[done][x] for x in batches[done]]
                     pending[done] = {}
                     done += 1
-                    yield collate(records) if self.collated else records
+                    yield records
         finally:
             if reader is not None:
                 reader.close()
-        assert done == len(batches), f"worker {wid} emitted {done} of {len(batches)} batches"
+        assert done == len(batches), f"emitted {done} of {len(batches)} batches"
+
+
+class EpochStream(IterableDataset):
+    """Consecutive epochs of a RecordStream from batch `start` of `epoch` on, without end.
+
+    One DataLoader (and its workers) then serves a whole training run, and a worker reads into
+    the next epoch while the trainer finishes the current one; a new DataLoader per epoch waits
+    for new workers and for a refilled shuffle buffer at every epoch start. Yields
+    (epoch, batch index within the epoch, batch) in plan order: with k workers, worker i serves
+    batches i, i + k, ... of the whole run's sequence, which the DataLoader's round-robin
+    reassembles. Batches as the stream's `collated` says.
+    """
+
+    def __init__(self, stream: RecordStream, epoch: int = 0, start: int = 0):
+        if not 0 <= start <= len(stream):
+            raise UserError(f"start batch {start} not in [0, {len(stream)}] (batches per epoch)")
+        self.stream, self.epoch, self.start = stream, epoch, start
+
+    def __iter__(self):
+        wid, nw = _worker()
+        s = self.stream
+        first = 0  # position of this epoch's first batch in the run's sequence
+        epoch, start = self.epoch, self.start
+        while True:
+            args = (s.world_size, s.batch_size, s.seed, epoch, s.shuffle_buffer)
+            plan = epoch_plan(s.shards, *args)[s.rank][start:]
+            mine = [j for j in range(len(plan)) if (first + j) % nw == wid]
+            for k, records in enumerate(s._read(epoch, [plan[j] for j in mine])):
+                yield epoch, start + mine[k], collate(records) if s.collated else records
+            first += len(plan)
+            epoch, start = epoch + 1, 0
+
+
+def _worker() -> tuple[int, int]:
+    """(DataLoader worker id, number of workers); (0, 1) in the main process."""
+    info = get_worker_info()
+    return (0, 1) if info is None else (info.id, info.num_workers)

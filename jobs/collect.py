@@ -14,8 +14,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from engine.collect import CollectSpec, collect
-from engine.pool import connect
+from engine.collect import CollectSpec, collect, shard_episodes
+from engine.pool import check_reachable, connect, resolve_address
+from engine.record import THETA_DTYPES, make_id
 from engine.stores import open_store, remove_uncommitted, shard_name
 from hyperflow.config import load_config
 from hyperflow.data import load_dataset
@@ -39,6 +40,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", default="c", help="record id prefix (letters, digits, - or _)")
 
 
+def _check_numbers(cc, episodes: int, workers: int) -> None:
+    """UserError naming the first config number the engine cannot run with."""
+    checks = [
+        ("collect.episodes", episodes, episodes >= 1),
+        ("collect.workers", workers, workers >= 1),
+        ("collect.shard_size", cc.shard_size, cc.shard_size >= 1),
+        ("collect.inits", cc.inits, cc.inits >= 1),
+        ("collect.sigma", cc.sigma, cc.sigma >= 0),
+        ("collect.lr_min", cc.lr_min, 0 < cc.lr_min <= cc.lr_max),
+        ("collect.cpus_per_worker", cc.cpus_per_worker, cc.cpus_per_worker > 0),
+        ("collect.gpus_per_worker", cc.gpus_per_worker, cc.gpus_per_worker >= 0),
+    ]
+    for key, value, ok in checks:
+        if not ok:
+            raise UserError(f"{key}={value!r} is out of range")
+    if cc.theta_dtype not in THETA_DTYPES:
+        raise UserError(f"collect.theta_dtype {cc.theta_dtype!r} is not one of {THETA_DTYPES}")
+
+
 def run(args: argparse.Namespace) -> None:
     # config
     cfg = load_config(args.config, args.set)
@@ -48,9 +68,17 @@ def run(args: argparse.Namespace) -> None:
         raise UserError(f"collect.format {cc.format!r} is not one of {sorted(FORMATS)}")
     formats = FORMATS[args.format or cc.format]
     workers = args.workers or cc.workers
+    _check_numbers(cc, episodes, workers)
+    try:
+        make_id(args.run, 0, 0)  # the actors would fail on it much later
+    except ValueError as e:
+        raise UserError(f"--run: {e}") from None
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {str(out)!r} is an existing file, not a store directory")
+    address = resolve_address(args.address)
+    if address is not None:  # before the store is created: a typo must not leave one behind
+        check_reachable(address)
 
     # setup: validate everything before the store or Ray is touched
     model = load_target(args.target)
@@ -78,7 +106,7 @@ def run(args: argparse.Namespace) -> None:
     if not todo:
         print(f"store {out} is complete: {n_shards} shards, {episodes * cc.inits} trajectories")
         return
-    connect(args.address)
+    connect(address)
     init = {
         "spec": spec,
         "target_dir": str(Path(args.target).resolve()),
@@ -90,9 +118,10 @@ def run(args: argparse.Namespace) -> None:
     }
 
     # loop
-    done_before = (n_shards - len(todo)) * cc.shard_size * cc.inits
+    done = sorted(set(range(n_shards)) - set(todo))
+    done_before = sum(len(shard_episodes(spec, i, episodes)) for i in done) * cc.inits
     total = episodes * cc.inits
-    with tqdm(total=total, initial=min(done_before, total), desc="collect", unit="traj") as bar:
+    with tqdm(total=total, initial=done_before, desc="collect", unit="traj") as bar:
         stats = collect(
             spec,
             manifest,

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -42,3 +49,188 @@ def tiny_target(tmp_path_factory) -> Path:
 def cli():
     """The `hyperflow` subprocess runner (a fixture: test files must not import conftest)."""
     return hyperflow
+
+
+# --- Ray processes, clusters and stores of the collection tests -------------------------------
+# Clean-up must end exactly the Ray processes a test started (`ray stop` ends every Ray process
+# of the user, other sessions' clusters included). Each group of processes gets a marker: an env
+# var that children inherit, and a private Ray temp dir whose session logs every Ray process
+# keeps open. Both are needed: Ray's setproctitle ("ray::...") can overwrite the start of a
+# process's /proc environ, and a driver has no file in the temp dir.
+RAY_MARK = "HYPERFLOW_TEST_RAY"
+
+
+class RayProcs:
+    """Environments for processes that run Ray, and the clean-up of what they leave behind."""
+
+    def __init__(self, root: Path, token: str):
+        self.root = root  # short: Ray's unix sockets live under it and paths must fit 107 bytes
+        self.token = token
+        self.dirs: dict[str, Path] = {}  # mark -> its Ray temp dir
+
+    @property
+    def marks(self) -> list[str]:
+        return list(self.dirs)
+
+    def mark(self, name: str) -> str:
+        """A fresh marker for one group of processes."""
+        mark = f"{name}-{len(self.dirs)}-{os.getpid()}"
+        self.dirs[mark] = self.root / str(len(self.dirs))
+        return mark
+
+    def tmp_dir(self, mark: str) -> Path:
+        """The mark's Ray temp dir (for `ray start --temp-dir`)."""
+        return self.dirs[mark]
+
+    def env(self, mark: str) -> dict[str, str]:
+        """Env vars for a process that starts or joins a Ray cluster."""
+        return {
+            RAY_MARK: mark,
+            # private: `ray.init()` without an address joins the cluster named in
+            # <tmp>/ray/ray_current_cluster if anyone ran `ray start` with the default temp dir
+            "RAY_TMPDIR": str(self.dirs[mark]),
+            # Ray 2.60 enables token auth for new local clusters and reads ~/.ray/auth_token;
+            # an explicit per-session token keeps these tests off that file.
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN": self.token,
+        }
+
+    def pids(self, mark: str) -> list[int]:
+        """Live processes carrying `mark` in their environment or holding files in its dir."""
+        needle, tree = f"{RAY_MARK}={mark}".encode(), f"{self.dirs[mark]}/"
+        found = []
+        for d in Path("/proc").iterdir():
+            if not d.name.isdigit() or int(d.name) == os.getpid():
+                continue
+            try:
+                if needle in (d / "environ").read_bytes().split(b"\0") or _holds(d, tree):
+                    found.append(int(d.name))
+            except OSError:  # gone, or not ours to read
+                continue
+        return found
+
+    def wait_gone(self, mark: str, timeout: float = 60) -> list[int]:
+        """Wait for `mark`'s processes to exit on their own; returns those still alive."""
+        deadline = time.monotonic() + timeout
+        while (left := self.pids(mark)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        return left
+
+    def end(self, mark: str, grace: float = 3) -> list[int]:
+        """SIGTERM every process of `mark`, SIGKILL what is left after `grace` s; returns pids."""
+        found = self.pids(mark)
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10)):
+            for pid in self.pids(mark):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            if not self.wait_gone(mark, wait):
+                break
+        return found
+
+
+def _holds(proc: Path, tree: str) -> bool:
+    """Whether process dir /proc/<pid> has a file open under `tree`."""
+    for fd in proc.joinpath("fd").iterdir():
+        with contextlib.suppress(OSError):  # closed meanwhile
+            if os.readlink(fd).startswith(tree):
+                return True
+    return False
+
+
+@pytest.fixture(scope="session")
+def ray_procs() -> RayProcs:
+    root = Path(tempfile.mkdtemp(prefix="hfr-", dir="/tmp"))
+    procs = RayProcs(root, secrets.token_hex(16))
+    yield procs
+    leaked = {m: procs.end(m) for m in procs.marks}
+    shutil.rmtree(root, ignore_errors=True)
+    assert not any(leaked.values()), f"Ray processes left behind (ended now): {leaked}"
+
+
+def _free_ports(n: int) -> list[int]:
+    # bound together so the n ports differ; a port can still be taken before Ray binds it (rare)
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+
+
+@pytest.fixture(scope="session")
+def free_port():
+    """A loopback port nothing listens on (a function, called once per port)."""
+    return lambda: _free_ports(1)[0]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(ray_procs) -> dict:
+    """A real Ray cluster on 127.0.0.1 (`ray start --head` with the dashboard, for job submission).
+
+    Yields address (GCS host:port, for --address), dashboard (URL, for `ray job submit`) and env
+    (what a client process needs on top of ray_procs.env: the auth token and loopback switch).
+    """
+    port, dash, agent, metrics, client = _free_ports(5)
+    mark = ray_procs.mark("head")
+    venv_bin = str(Path(sys.executable).parent)
+    env = {
+        **ray_procs.env(mark),
+        # Ray maps 127.0.0.1 to the outward IP unless this switch is off; with it the whole
+        # cluster binds and advertises loopback only (engine.pool.connect sets it for drivers)
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    }
+    cmd = [
+        *(f"{venv_bin}/ray", "start", "--head", "--node-ip-address", "127.0.0.1"),
+        *("--port", str(port), "--num-cpus", "2", "--disable-usage-stats"),
+        *("--include-dashboard", "true", "--dashboard-host", "127.0.0.1"),
+        *("--dashboard-port", str(dash), "--dashboard-agent-listen-port", str(agent)),
+        *("--metrics-export-port", str(metrics), "--ray-client-server-port", str(client)),
+        *("--temp-dir", str(ray_procs.tmp_dir(mark))),
+    ]
+    try:
+        # PATH: a job's entrypoint `python` is looked up in the PATH the cluster started with
+        started = subprocess.run(
+            cmd,
+            env={**os.environ, **env, "PATH": f"{venv_bin}{os.pathsep}{os.environ['PATH']}"},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert started.returncode == 0, f"ray start failed:\n{started.stdout}\n{started.stderr}"
+        client_env = {k: v for k, v in env.items() if k not in (RAY_MARK, "RAY_TMPDIR")}
+        yield {
+            "address": f"127.0.0.1:{port}",
+            "dashboard": f"http://127.0.0.1:{dash}",
+            "env": client_env,
+        }
+    finally:
+        ray_procs.end(mark)
+        assert not ray_procs.pids(mark), "the test cluster's processes survived SIGKILL"
+
+
+@pytest.fixture(scope="session")
+def untrained_target(tmp_path_factory) -> Path:
+    """An untrained default target: collection runs as fast as with a pretrained one."""
+    import torch
+
+    from hyperflow.model import TargetConfig, TargetModel, save_target
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("untrained") / "target"
+    save_target(TargetModel(TargetConfig()).eval(), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def local_store(untrained_target, ray_procs, tmp_path_factory) -> dict:
+    """`hyperflow collect --config tiny` in local mode (a private cluster), both formats.
+
+    Yields store (its path), argv (the command, to rerun it) and stdout.
+    """
+    store = tmp_path_factory.mktemp("local") / "store"
+    argv = ["collect", "--config", "tiny", "--target", str(untrained_target), "--out", str(store)]
+    mark = ray_procs.mark("local")
+    proc = hyperflow(*argv, env=ray_procs.env(mark))
+    left = ray_procs.wait_gone(mark)  # the private cluster must end with its driver
+    ray_procs.end(mark)
+    assert not left, f"local mode left Ray processes running: {left}"
+    return {"store": store, "argv": argv, "stdout": proc.stdout}

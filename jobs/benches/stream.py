@@ -1,0 +1,157 @@
+"""Streaming into the trainer: the share of step time spent waiting for data, and samples/s with
+1 rank and with 2 torchrun ranks (gloo on CPU).
+
+A store of realistic synthetic records (engine.record.synthetic_records shaped like the target's
+collection: P biases, T steps, way x shot support images, float16 theta) is written to a temp dir;
+`hyperflow train` runs on it as a user would, with 1 and then 2 ranks, and its JSONL log (rank 0:
+data_wait_s and step_s per step; DDP keeps the ranks in lock step) is summarised:
+
+  data_wait_fraction = sum data_wait_s / sum (data_wait_s + step_s)
+  samples_per_s      = world * batch_size * steps / sum (data_wait_s + step_s)
+
+"warm" (the headline) is the steady state after the first epoch, when the frozen encoder's
+features are cached per record, steps are at their fastest and the loader is under the most
+pressure; a real run is mostly warm (the quickstart trains ~50 epochs). "cold" is the first epoch
+without its first step: every record still goes through the frozen encoder.
+Every rank runs with one intra-op thread (torchrun's default; also the 1-rank run, so the ratio
+compares processes, not thread counts).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from engine.collect import CollectSpec
+from engine.manifest import Manifest
+from engine.record import synthetic_records
+from engine.stores import open_store, shard_name, write_shard
+from hyperflow.config import Config, load_config
+from hyperflow.model import TargetModel, load_target, save_target
+
+TIMED_STEPS = 30  # warm steps measured per run
+MIN_RECORDS_PER_BATCH = 16  # store size: at least this many batches of records
+SHARD_RECORDS = 32
+TARGETS = {"data_wait_fraction_max": 0.05, "speedup_2_over_1_min": 1.6}  # DESIGN.md section 6
+
+
+def write_synthetic_store(
+    root: Path,
+    target_dir: str | Path,
+    cfg: Config,
+    sizes: list[int],
+    *,
+    seed: int = 0,
+    n_support: int | tuple[int, int] | None = None,
+    fmt: str = "wds",
+) -> Manifest:
+    """A committed store of synthetic records, one shard per entry of `sizes`, whose manifest
+    config is what `hyperflow collect` would write for `target_dir` and `cfg` (so `hyperflow
+    train` accepts it). n_support: images per support set (default way x shot)."""
+    model = load_target(target_dir)
+    spec = CollectSpec.from_config(cfg, model, str(target_dir), ["synthetic"], "syn")
+    c, s = model.cfg.channels, model.cfg.image_size
+    records = synthetic_records(
+        sum(sizes),
+        T=spec.steps,
+        P=model.layout.size,
+        n_support=n_support or cfg.episodes.way * cfg.episodes.shot,
+        image=(c, s, s),
+        seed=seed,
+        run="syn",
+    )
+    manifest = open_store(Path(root), {**spec.manifest_config(), "episodes": sum(sizes)}, [fmt])
+    start = 0
+    for k, n in enumerate(sizes):
+        shard = records[start : start + n]
+        manifest.commit(write_shard(Path(root), fmt, shard_name(k), shard, spec.theta_dtype))
+        start += n
+    return manifest
+
+
+def summarize(rows: list[dict], world: int, batch_size: int) -> dict:
+    """Wait share and throughput of log rows (each with data_wait_s and step_s)."""
+    wait = sum(r["data_wait_s"] for r in rows)
+    busy = sum(r["step_s"] for r in rows)
+    return {
+        "steps": len(rows),
+        "data_wait_fraction": wait / (wait + busy),
+        "samples_per_s": world * batch_size * len(rows) / (wait + busy),
+        "data_wait_s": wait,
+        "step_s": busy,
+        # share of its step time rank 0 spent on a CPU (< 1: waiting for a core or for the
+        # other rank's gradients)
+        "step_cpu_share": sum(r.get("step_cpu_s", 0.0) for r in rows) / busy,
+    }
+
+
+def bench(args) -> dict:
+    cfg = load_config(args.config, args.set)
+    tc = cfg.train
+    tmp = Path(tempfile.mkdtemp(prefix="hf-bench-stream-"))
+    try:
+        target = args.target
+        if not target:  # an untrained backbone streams and steps at the same speed
+            target = str(tmp / "target")
+            save_target(TargetModel(cfg.target).eval(), Path(target))
+        n = max(args.episodes, MIN_RECORDS_PER_BATCH * tc.batch_size)
+        sizes = [min(SHARD_RECORDS, n - k) for k in range(0, n, SHARD_RECORDS)]
+        write_synthetic_store(tmp / "store", target, cfg, sizes, fmt=tc.format)
+        load_before = os.getloadavg()
+        runs = {w: _run(args, target, tmp, w, n) for w in (1, 2)}
+        load_after = os.getloadavg()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    one, two = runs[1]["warm"], runs[2]["warm"]
+    speedup = two["samples_per_s"] / one["samples_per_s"]
+    return {
+        "bench": "stream",
+        "records": n,
+        "batch_size_per_rank": tc.batch_size,
+        "loader_workers": tc.loader_workers,
+        "threads_per_rank": 1,
+        "cpus": os.cpu_count(),
+        "load_avg_1min": [load_before[0], load_after[0]],
+        "ranks": {str(w): r for w, r in runs.items()},
+        "data_wait_fraction_1": one["data_wait_fraction"],
+        "data_wait_fraction_2": two["data_wait_fraction"],
+        "samples_per_s_1": one["samples_per_s"],
+        "samples_per_s_2": two["samples_per_s"],
+        "speedup_2_over_1": speedup,
+        "targets": TARGETS,
+        "meets": {
+            "data_wait": max(one["data_wait_fraction"], two["data_wait_fraction"])
+            <= TARGETS["data_wait_fraction_max"],
+            "speedup": speedup >= TARGETS["speedup_2_over_1_min"],
+        },
+    }
+
+
+def _run(args, target: str, tmp: Path, world: int, records: int) -> dict:
+    """`hyperflow train` on tmp/store with `world` ranks; summary of its log."""
+    cfg = load_config(args.config, args.set)
+    epoch = math.ceil(math.ceil(records / world) / cfg.train.batch_size)  # steps per epoch
+    out = tmp / f"train-{world}"
+    sets = [x for kv in args.set for x in ("--set", kv)]
+    sets += ["--set", f"train.steps={epoch + TIMED_STEPS}"]
+    sets += ["--set", "train.checkpoint_every=1000000000"]  # only the final one
+    cmd = [sys.executable, "-m", "jobs.cli", "train", "--config", args.config, *sets]
+    cmd += ["--store", str(tmp / "store"), "--target", target, "--out", str(out)]
+    cmd += ["--nproc", str(world)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert all(r["world"] == world for r in rows), f"log of the {world}-rank run has other worlds"
+    return {
+        "steps_per_epoch": epoch,
+        "warm": summarize(rows[epoch:], world, cfg.train.batch_size),
+        "cold": summarize(rows[1:epoch], world, cfg.train.batch_size),
+    }

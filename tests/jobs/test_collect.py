@@ -1,0 +1,182 @@
+"""`hyperflow collect` in local mode, `hyperflow inspect`, and collect's refusals of bad input.
+
+The store comes from the session fixture `local_store` (tiny config: 16 episodes x 1 init, shards
+of 4, both formats, 2 workers on a private local cluster).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from engine.inspect import inspect_store
+from engine.record import make_id, record_diff
+from engine.stores import read_records
+from jobs.cli import main
+
+N = 16  # tiny.yaml collect.episodes; inits 1
+
+
+def _by_id(store: Path, fmt: str) -> dict:
+    recs = list(read_records(store, fmt))
+    by_id = {r.id: r for r in recs}
+    assert len(by_id) == len(recs), f"{fmt}: record ids repeat"
+    return by_id
+
+
+def _shard_files(store: Path) -> list[Path]:
+    """Every file of every committed shard, from the manifest."""
+    shards = json.loads((store / "manifest.json").read_text())["shards"]
+    paths = [store / s["path"] for s in shards]
+    return sorted(f for p in paths for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file())
+
+
+def _snapshot(root: Path) -> dict:
+    """path -> (sha256, inode, mtime_ns) of every file under root: 'changes nothing' is strict."""
+    out = {}
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        st = f.stat()
+        out[f.relative_to(root).as_posix()] = (
+            hashlib.sha256(f.read_bytes()).hexdigest(),
+            st.st_ino,
+            st.st_mtime_ns,
+        )
+    return out
+
+
+def test_local_store_holds_every_record_once_and_formats_agree(local_store):
+    store = local_store["store"]
+    zarr, wds = _by_id(store, "zarr"), _by_id(store, "wds")
+    expected = {make_id("c", e, 0) for e in range(N)}
+    assert set(zarr) == expected and set(wds) == expected
+    for rid in sorted(expected):
+        assert record_diff(zarr[rid], wds[rid]) == [], f"{rid}: zarr and wds differ"
+        assert zarr[rid].theta.shape[0] == 6  # T=5 steps -> 6 rows
+    # nothing but the manifest, format roots and committed shards is left in the store
+    committed = {f.relative_to(store).as_posix() for f in _shard_files(store)}
+    extra = set(_snapshot(store)) - committed - {"manifest.json", "traj.zarr/zarr.json"}
+    assert not extra, f"uncommitted files in the store: {sorted(extra)}"
+
+
+def test_inspect_json_reports_counts_bytes_domains_config(local_store, cli):
+    store = local_store["store"]
+    proc = cli("inspect", str(store), "--json", "--verify")  # check=True: exit 0 when intact
+    report = json.loads(proc.stdout)
+    manifest = json.loads((store / "manifest.json").read_text())
+    on_disk = sum(f.stat().st_size for f in _shard_files(store))
+    assert report["records"] == N
+    assert report["shards"] == 8  # 4 shards x 2 formats
+    assert report["bytes"] == on_disk
+    assert report["bytes_per_record"] == pytest.approx(on_disk / N)
+    assert sum(report["domains"].values()) == N and report["domains"]
+    assert report["config"] == manifest["config"]
+    assert report["verify"]["ok"] is True
+
+
+def test_verify_names_the_shard_of_any_flipped_byte(local_store, cli, tmp_path):
+    store = tmp_path / "store"
+    shutil.copytree(local_store["store"], store)
+    files = _shard_files(store)
+    assert any(f.suffix == ".tar" for f in files) and any("traj.zarr" in str(f) for f in files)
+    shards = json.loads((store / "manifest.json").read_text())["shards"]
+    owner = {store / s["path"]: s["path"] for s in shards}
+    shard_of = {f: owner.get(f) or next(owner[p] for p in f.parents if p in owner) for f in files}
+    for f in files:  # every file of every shard, in-process (a CLI run costs seconds)
+        original = f.read_bytes()
+        flipped = bytearray(original)
+        flipped[len(flipped) // 2] ^= 0xFF
+        f.write_bytes(bytes(flipped))
+        bad = inspect_store(store, verify=True)["verify"]["bad_shards"]
+        f.write_bytes(original)
+        assert bad == [shard_of[f]], f"flipping a byte of {f} reported {bad}"
+    # and once through the CLI: non-zero exit, stderr names the shard
+    victim = next(f for f in files if f.suffix == ".tar")
+    data = bytearray(victim.read_bytes())
+    data[100] ^= 0x01
+    victim.write_bytes(bytes(data))
+    proc = cli("inspect", str(store), "--verify", check=False)
+    assert proc.returncode != 0
+    assert shard_of[victim] in proc.stderr, proc.stderr
+
+
+def test_rerun_on_complete_store_says_complete_and_changes_nothing(local_store, capsys):
+    store = local_store["store"]
+    before = _snapshot(store)
+    assert main(local_store["argv"]) == 0
+    assert "is complete" in capsys.readouterr().out
+    assert _snapshot(store) == before
+
+
+# Bad input: exit code 2, a message naming the value, and nothing written or overwritten. These
+# run `main` in this process: each fails before Ray is touched, and a subprocess costs seconds.
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--set", "episodes.way=500"], ["way=500", "needs 500"]),
+        (["--workers", "0"], ["--workers", "'0'"]),
+        (["--set", "collect.workers=0"], ["collect.workers=0"]),
+        (["--set", "collect.shard_size=0"], ["collect.shard_size=0"]),
+        (["--run", "a.b"], ["'a.b'"]),
+    ],
+    ids=["way-too-large", "workers-0", "config-workers-0", "shard-size-0", "run-with-dot"],
+)
+def test_bad_input_is_refused_before_anything_is_written(
+    extra, expected, untrained_target, tmp_path, capsys
+):
+    out = tmp_path / "store"
+    argv = ["collect", "--config", "tiny", "--target", str(untrained_target), "--out", str(out)]
+    try:
+        code = main([*argv, *extra])
+    except SystemExit as e:  # argparse rejects --workers 0 itself
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2
+    for text in expected:
+        assert text in err, f"{text!r} not in stderr: {err}"
+    assert not out.exists()
+
+
+def test_out_that_is_a_file_is_refused_and_kept(untrained_target, tmp_path, capsys):
+    out = tmp_path / "notes.txt"
+    out.write_text("keep me")
+    argv = ["collect", "--config", "tiny", "--target", str(untrained_target), "--out", str(out)]
+    assert main(argv) == 2
+    assert str(out) in capsys.readouterr().err
+    assert out.read_text() == "keep me"
+
+
+def test_store_of_another_config_is_refused_and_unchanged(local_store, tmp_path, capsys):
+    store = tmp_path / "store"
+    shutil.copytree(local_store["store"], store)
+    before = _snapshot(store)
+    argv = [*local_store["argv"][:-1], str(store), "--set", "collect.sigma=0.1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "'sigma'" in err and "different config" in err, err
+    assert _snapshot(store) == before
+
+
+def test_unreachable_address_fails_fast_and_writes_nothing(
+    untrained_target, ray_procs, free_port, tmp_path, cli
+):
+    # a subprocess: the real CLI, its exit code, and a hang would hit the timeout (ray.init itself
+    # retries a closed port for over 10 minutes)
+    out = tmp_path / "store"
+    address = f"127.0.0.1:{free_port()}"
+    mark = ray_procs.mark("unreachable")
+    proc = cli(
+        *("collect", "--config", "tiny", "--target", str(untrained_target), "--out", str(out)),
+        *("--address", address),
+        check=False,
+        timeout=120,
+        env=ray_procs.env(mark),
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert f"--address {address!r}" in proc.stderr and "cannot reach" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not out.exists()
+    assert not ray_procs.pids(mark), "a failed connect left Ray processes"
