@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.checksum import sha256_path, size_path, tree_files
-from engine.manifest import Manifest, ShardInfo
+from engine.manifest import MANIFEST, Manifest, ShardInfo
 from engine.record import THETA_DTYPES, TrajectoryRecord, validate_record
 from engine.stores.encoding import DEFAULT_ENCODING, THETA_ENCODINGS
 from engine.stores.wds_store import WdsStore
@@ -176,6 +176,7 @@ def remove_uncommitted(root: Path) -> list[str]:
     m, root = Manifest.load(root), Path(root)
     keep = {s.path for s in m.shards}
     doomed = sorted((root / TMP).glob("*")) if (root / TMP).is_dir() else []
+    doomed += sorted(root.glob(f".{MANIFEST}.tmp-*"))  # a driver killed mid-rewrite
     for fmt in m.formats:
         parent = root / STORES[fmt].subdir
         for p in sorted(parent.iterdir()) if parent.is_dir() else []:
