@@ -74,8 +74,10 @@ class CollectConfig:
 @dataclass
 class DriftTrainConfig:
     size: str = "small"
-    encoder: str = "target"
+    encoder: str = "target"  # "target" (frozen backbone) or a timm name trained with the drift
     interpolant: str = "piecewise_cubic"
+    site_stats: bool = True  # condition on per-bias activation statistics (encoder=target only)
+    theta_noise: float = 0.0  # off-path perturbation of theta(t), in per-layer theta scales
     steps: int = 1500
     batch_size: int = 32
     lr: float = 1e-3

@@ -93,21 +93,23 @@ def run(args: argparse.Namespace) -> None:
     set_seed(tc.seed + rank)
     net = DriftNet(
         model.layout,
-        DriftConfig(tc.size, tc.encoder, interpolant),
+        DriftConfig(tc.size, tc.encoder, interpolant, tc.site_stats),
         model.backbone,
         model.feature_dim,
         horizon,
     )
     # the same generator on every rank, so every rank computes the same normalisers
     _fit_normalizers(
-        net, Path(args.store), tc.format, interpolant, torch.Generator().manual_seed(tc.seed)
+        net, model, Path(args.store), tc.format, interpolant, torch.Generator().manual_seed(tc.seed)
     )
     gen = torch.Generator().manual_seed(tc.seed * 1000 + rank)  # t samples; per rank
     opt = torch.optim.AdamW(
         [p for p in net.parameters() if p.requires_grad], lr=tc.lr, weight_decay=tc.weight_decay
     )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _warmup_cosine(tc.warmup, tc.steps))
-    objective, opt, sched = accelerator.prepare(_Objective(net, interpolant), opt, sched)
+    objective, opt, sched = accelerator.prepare(
+        _Objective(net, interpolant, tc.theta_noise), opt, sched
+    )
     core = accelerator.unwrap_model(objective)
     # workers hand over record lists (pickled numpy, one message per batch); the trainer
     # collates: a collated batch is ~2 B tensors, each its own shared-memory transfer
@@ -132,7 +134,7 @@ def run(args: argparse.Namespace) -> None:
     seen = None
     if os.environ.get(SEEN_ENV) == "1":
         seen = _open_jsonl(out / f"seen-rank{rank}.jsonl", step)
-    cache: dict[str, torch.Tensor] = {}  # frozen-encoder features per record id
+    cache: dict[str, tuple] = {}  # frozen encoder: (features, site stats) per record id
 
     # loop: one loader for the whole run (EpochStream), its workers read ahead across epochs
     bar = tqdm(total=tc.steps, initial=step, desc="train", disable=not accelerator.is_main_process)
@@ -144,11 +146,12 @@ def run(args: argparse.Namespace) -> None:
             waited = time.perf_counter() - wait_start
             t0, cpu0 = time.perf_counter(), time.process_time()
             with accelerator.autocast():
-                features = _features(core.net, model, batch, cache)
+                features, stats = _support_inputs(core.net, model, batch, cache)
                 loss = objective(
                     batch["theta"].to(accelerator.device),
                     features,
                     [y.to(accelerator.device) for y in batch["labels"]],
+                    stats,
                     gen,
                 )
             opt.zero_grad()
@@ -267,6 +270,8 @@ def _signature(tc, interpolant: str, world: int, manifest: Manifest) -> dict:
         "interpolant": interpolant,
         "train.size": tc.size,
         "train.encoder": tc.encoder,
+        "train.site_stats": tc.site_stats,
+        "train.theta_noise": tc.theta_noise,
         "world_size": world,
         "train.batch_size": tc.batch_size,
         "train.seed": tc.seed,
@@ -304,43 +309,54 @@ def _check_store(store: Path, target_dir: str, model: TargetModel, fmt: str) -> 
     return manifest
 
 
-def _fit_normalizers(net, store, fmt, interpolant, gen) -> None:
-    knots = []
+def _fit_normalizers(net, model, store, fmt, interpolant, gen) -> None:
+    records = []
     for r in read_records(store, fmt):
-        knots.append(torch.from_numpy(r.theta).float())
-        if len(knots) == NORMALIZER_RECORDS:
+        records.append(r)
+        if len(records) == NORMALIZER_RECORDS:
             break
-    fit_normalizer_from_knots(net, torch.stack(knots), interpolant, gen)
+    knots = torch.stack([torch.from_numpy(r.theta).float() for r in records])  # [n, T+1, P]
+    stats = None
+    if net.n_stats:  # site statistics of these records' support sets, 32 episodes per pass
+        chunks = [records[i : i + 32] for i in range(0, len(records), 32)]
+        stats = torch.cat([_support_inputs(net, model, collate(c), {})[1] for c in chunks])
+    fit_normalizer_from_knots(net, knots, interpolant, gen, stats=stats)
 
 
 class _Objective(nn.Module):
     """The whole loss in one forward, so DDP sees (and syncs) every trained parameter."""
 
-    def __init__(self, net: DriftNet, interpolant: str):
+    def __init__(self, net: DriftNet, interpolant: str, theta_noise: float):
         super().__init__()
-        self.net, self.interpolant = net, interpolant
+        self.net, self.interpolant, self.theta_noise = net, interpolant, theta_noise
 
-    def forward(self, knots, features, labels, gen) -> torch.Tensor:
-        # knots [B, T+1, P]; features: encoder features [sum N, F] (frozen encoder) or the
-        # normalised support images [sum N, C, H, W] (trained encoder); labels: B tensors [N_i]
+    def forward(self, knots, features, labels, stats, gen) -> torch.Tensor:
+        # knots [B, T+1, P]; labels: B tensors [N_i]; frozen encoder: features [sum N, F] and
+        # raw site stats [B, K, P] or None; trained encoder: normalised images [sum N, C, H, W]
         if not self.net.frozen_encoder:
-            features = self.net.encoder(features)
-        task = self.net.pool(features.float(), labels)  # [B, D]
-        return drift_loss(self.net, knots, task, self.interpolant, gen)
+            features, stats = self.net.support_inputs(features, labels)
+        task = self.net.make_task(features, labels, stats)
+        return drift_loss(self.net, knots, task, self.interpolant, gen, self.theta_noise)
 
 
-def _features(net: DriftNet, model: TargetModel, batch: dict, cache: dict) -> torch.Tensor:
-    """Frozen encoder: features [sum N, F], computed once per record id. Otherwise the images."""
+def _support_inputs(net: DriftNet, model: TargetModel, batch: dict, cache: dict):
+    """Frozen encoder: (features [sum N, F], site stats [B, K, P] or None), computed once per
+    record id. A trained encoder runs inside the objective: (normalised images, None)."""
     device = net.velocity_scale.device
     if not net.frozen_encoder:
-        return torch.cat([model.preprocess(x) for x in batch["support"]]).to(device)
-    missing = [(i, x) for i, x in zip(batch["ids"], batch["support"]) if i not in cache]
+        return torch.cat([model.preprocess(x) for x in batch["support"]]).to(device), None
+    rows = zip(batch["ids"], batch["support"], batch["labels"])
+    missing = [(i, x, y) for i, x, y in rows if i not in cache]
     if missing:
-        with torch.no_grad():
-            feats = net.encoder(model.preprocess(torch.cat([x for _, x in missing])).to(device))
-        for (i, _), f in zip(missing, feats.split([len(x) for _, x in missing])):
-            cache[i] = f
-    return torch.cat([cache[i] for i in batch["ids"]])
+        images = model.preprocess(torch.cat([x for _, x, _ in missing])).to(device)
+        feats, stats = net.support_inputs(images, [y.to(device) for _, _, y in missing])
+        per_record = feats.split([len(x) for _, x, _ in missing])
+        for j, ((i, _, _), f) in enumerate(zip(missing, per_record)):
+            cache[i] = (f, None if stats is None else stats[j])
+    features = torch.cat([cache[i][0] for i in batch["ids"]])
+    if not net.n_stats:
+        return features, None
+    return features, torch.stack([cache[i][1] for i in batch["ids"]])
 
 
 def _warmup_cosine(warmup: int, total: int):

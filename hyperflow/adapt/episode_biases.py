@@ -30,8 +30,8 @@ _CHANNEL_FIRST = (nn.modules.conv._ConvNd, nn.modules.batchnorm._NormBase, nn.Gr
 _CHANNEL_LAST = (nn.Linear, nn.LayerNorm)
 
 
-def _hook_site(module: nn.Module) -> tuple[nn.Module, int]:
-    """(module whose output receives the bias, channel axis of that output)."""
+def bias_site(module: nn.Module) -> tuple[nn.Module, int]:
+    """(module whose output receives `module`'s bias, channel axis of that output)."""
     if isinstance(module, (BatchNormAct2d, GroupNormAct)):
         return module.drop, 1  # output of the norm, before the activation
     if isinstance(module, LayerNorm2d):
@@ -61,7 +61,7 @@ def episode_biases(
     for entry in layout.entries:
         owner_name, _, leaf = entry.name.rpartition(".")
         assert leaf == "bias", f"{entry.name} is not a bias; episode_biases handles biases only"
-        site, axis = _hook_site(modules[owner_name])
+        site, axis = bias_site(modules[owner_name])
         d = delta[:, entry.offset : entry.offset + entry.numel]  # [E, C]
         handles.append(site.register_forward_hook(_adder(d, axis, episodes)))
     try:

@@ -3,7 +3,7 @@
 from hyperflow.drift.io import load_drift, read_drift_meta, save_drift
 from hyperflow.drift.network import DRIFT_SIZES, DriftConfig, DriftNet, DriftSize
 from hyperflow.drift.objective import drift_loss, fit_normalizer_from_knots
-from hyperflow.drift.task import timm_encoder
+from hyperflow.drift.task import Task, timm_encoder
 
 __all__ = [
     "DRIFT_SIZES",
@@ -15,5 +15,6 @@ __all__ = [
     "load_drift",
     "read_drift_meta",
     "save_drift",
+    "Task",
     "timm_encoder",
 ]

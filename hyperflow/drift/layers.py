@@ -4,7 +4,7 @@ A separate (n_l x d) matrix per layer keeps parameters linear in P (no P x P lay
 grouped by size n so each group is a single batched matmul: a ViT has ~150 bias layers but only
 a handful of distinct sizes, so a forward pass is a few einsums instead of a Python loop over L.
 Tokens are kept in *group order* (layers sorted by size, then by layout position); `token_layer`
-maps token k back to its layout entry.
+maps token k back to its layout entry. FiLMBlock is the trunk block that mixes in the condition.
 """
 
 from __future__ import annotations
@@ -91,3 +91,29 @@ class LayerwiseOut(nn.Module):
             for tok, n in zip(tokens, self.groups.group_sizes)
         ]
         return self.groups.merge(blocks)
+
+
+def zero_linear(n_in: int, n_out: int) -> nn.Linear:
+    # gates start as the identity (1 + 0) so training begins from plain conditioning
+    layer = nn.Linear(n_in, n_out)
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+class FiLMBlock(nn.Module):
+    """Pre-norm residual MLP over layer tokens, modulated by the (task, time) condition."""
+
+    def __init__(self, width: int, d: int):
+        super().__init__()
+        self.layer_gate = zero_linear(d, 2 * width)
+        self.norm = nn.LayerNorm(width, elementwise_affine=False)
+        self.film = nn.Linear(width, 2 * width)
+        hidden = 2 * width
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
+
+    def forward(self, h: Tensor, cond: Tensor, e: Tensor) -> Tensor:
+        # h [B, L, w], cond [B, w], e [L, d] layer embeddings
+        mod = self.film(cond).unsqueeze(1) * (1 + self.layer_gate(e))  # [B, L, 2w]
+        scale, shift = mod.chunk(2, dim=-1)  # [B, L, w] each
+        return h + self.mlp(self.norm(h) * (1 + scale) + shift)

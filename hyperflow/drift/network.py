@@ -1,13 +1,21 @@
 """The conditional drift network h(theta, t | support set) -> d theta/dt.
 
-One token per bias layer l (L tokens, not P):
+One token per bias layer l (L tokens, not P), plus a small head shared by all P coordinates:
 
     x      = (theta - theta_offset) / theta_scale_l             [B, P]  per-layer input normaliser
-    z_l    = W_in_l^T x_l                                      [B, L, d]  (n_l -> d per layer)
+    s      = (stats - stat_offset) / stat_scale                 [B, K, P]  support site statistics
+    z_l    = W_in_l^T x_l ;  zs_l = sum_k W_kl^T s_kl          [B, L, d]  (n_l -> d per layer)
     cond   = MLP(task ++ fourier(t / horizon))                 [B, w]
-    h_l    = stem(z_l ++ e_l ++ mean_l z_l) + cond * g(e_l)    [B, L, w]  e_l: layer embedding
+    h_l    = stem(z_l ++ e_l ++ mean_l z_l ++ zs_l)            [B, L, w]  e_l: layer embedding
+             + cond * g(e_l)
     h      = FiLM residual MLP blocks, shared over layers      [B, L, w]  FiLM(cond) * g'(e_l)
-    v_l    = velocity_scale_l * W_out_l^T head(h_l)            [B, P]  (d -> n_l per layer)
+    u_c    = (W_out_l^T head(h_l))_c + local(x_c, s_c, ctx(h_l))  [B, P]  c a coordinate of l
+    v      = velocity_scale_l * u                              [B, P]
+
+Site statistics (site_stats.py) tell, per bias, where the support set's activations sit against
+the base domains. The local head is one small MLP over every coordinate's own (theta, statistics)
+and its layer's context: it generalises across channels from few trajectories where an n_l x d
+map per layer cannot, and it costs O(P).
 
 The layer gates g(e_l) = 1 + Linear(e_l) (zero-initialised) let every layer read its own mix of
 the condition; on the quadratic test family they halve the endpoint error at a fixed budget
@@ -27,10 +35,13 @@ import torch
 from torch import Tensor, nn
 
 from hyperflow.bias import BiasLayout
-from hyperflow.drift.layers import LayerGroups, LayerwiseIn, LayerwiseOut
-from hyperflow.drift.task import PrototypePooling
+from hyperflow.drift.layers import FiLMBlock, LayerGroups, LayerwiseIn, LayerwiseOut, zero_linear
+from hyperflow.drift.site_stats import STATS, support_site_stats
+from hyperflow.drift.task import PrototypePooling, Task
 from hyperflow.errors import UserError
 from hyperflow.interpolants import check_interpolant
+
+_CTX, _LOCAL = 16, 32  # per-coordinate head: layer-context size, hidden width
 
 
 @dataclass(frozen=True)
@@ -54,6 +65,7 @@ class DriftConfig:
     size: str = "small"  # key of DRIFT_SIZES
     encoder: str = "target"  # "target": frozen target backbone; else a timm name (trained)
     interpolant: str = "piecewise_cubic"  # key of INTERPOLANTS the drift is trained on
+    site_stats: bool = True  # condition on per-bias activation statistics (needs encoder=target)
 
     def validate(self) -> None:
         if self.size not in DRIFT_SIZES:
@@ -62,32 +74,11 @@ class DriftConfig:
         if not isinstance(self.encoder, str) or not self.encoder:
             raise UserError(f"drift encoder must be 'target' or a timm name, got {self.encoder!r}")
         check_interpolant(self.interpolant)
-
-
-def _zero_linear(n_in: int, n_out: int) -> nn.Linear:
-    # gates start as the identity (1 + 0) so training begins from plain conditioning
-    layer = nn.Linear(n_in, n_out)
-    nn.init.zeros_(layer.weight)
-    nn.init.zeros_(layer.bias)
-    return layer
-
-
-class _FiLMBlock(nn.Module):
-    """Pre-norm residual MLP over layer tokens, modulated by the (task, time) condition."""
-
-    def __init__(self, width: int, d: int):
-        super().__init__()
-        self.layer_gate = _zero_linear(d, 2 * width)
-        self.norm = nn.LayerNorm(width, elementwise_affine=False)
-        self.film = nn.Linear(width, 2 * width)
-        hidden = 2 * width
-        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
-
-    def forward(self, h: Tensor, cond: Tensor, e: Tensor) -> Tensor:
-        # h [B, L, w], cond [B, w], e [L, d] layer embeddings
-        mod = self.film(cond).unsqueeze(1) * (1 + self.layer_gate(e))  # [B, L, 2w]
-        scale, shift = mod.chunk(2, dim=-1)  # [B, L, w] each
-        return h + self.mlp(self.norm(h) * (1 + scale) + shift)
+        if self.site_stats and self.encoder != "target":
+            raise UserError(
+                f"site statistics are read from the target backbone; with drift encoder "
+                f"{self.encoder!r} set train.site_stats=false"
+            )
 
 
 class DriftNet(nn.Module):
@@ -108,7 +99,8 @@ class DriftNet(nn.Module):
         self.feature_dim, self.horizon = feature_dim, float(horizon)
         s = DRIFT_SIZES[cfg.size]
         L, d, w = len(layout.entries), s.layer_dim, s.width
-        self.task_dim = s.task_dim
+        K = len(STATS) if cfg.site_stats else 0
+        self.task_dim, self.n_stats = s.task_dim, K
         self.encoder = encoder
         self.frozen_encoder = cfg.encoder == "target"
         if self.frozen_encoder:
@@ -118,20 +110,30 @@ class DriftNet(nn.Module):
 
         self.groups = LayerGroups(layout)
         self.register_buffer("layer_index", layout.layer_index(), persistent=False)  # [P]
+        # token of each layout layer (tokens are in size-group order), for per-coordinate gathers
+        self.register_buffer("layer_token", torch.argsort(self.groups.token_layer), False)  # [L]
         self.register_buffer("theta_offset", torch.zeros(layout.size))  # [P]
         self.register_buffer("theta_scale", torch.ones(L))  # [L], layout order
         self.register_buffer("velocity_scale", torch.ones(L))  # [L], layout order
+        if K:
+            self.register_buffer("stat_offset", torch.zeros(K, layout.size))  # [K, P]
+            self.register_buffer("stat_scale", torch.ones(K, layout.size))  # [K, P]
         # Fourier frequencies pi * 1..K for tau = t / horizon in [0, 1]
         self.register_buffer("freqs", math.pi * torch.arange(1, s.time_dim // 2 + 1).float(), False)
 
         self.inp = LayerwiseIn(self.groups, d)
+        self.stat_in = nn.ModuleList(LayerwiseIn(self.groups, d) for _ in range(K))
         self.layer_embed = nn.Parameter(torch.randn(L, d) / d**0.5)  # [L, d], token order
         self.cond = nn.Sequential(nn.Linear(s.task_dim + s.time_dim, w), nn.GELU(), nn.Linear(w, w))
-        self.stem = nn.Linear(3 * d, w)
-        self.layer_gate = _zero_linear(d, w)
-        self.blocks = nn.ModuleList(_FiLMBlock(w, d) for _ in range(s.depth))
+        self.stem = nn.Linear((4 if K else 3) * d, w)
+        self.layer_gate = zero_linear(d, w)
+        self.blocks = nn.ModuleList(FiLMBlock(w, d) for _ in range(s.depth))
         self.head = nn.Linear(w, d)
         self.out = LayerwiseOut(self.groups, d)
+        self.ctx = nn.Linear(w, _CTX)
+        self.local = nn.Sequential(nn.Linear(1 + K + _CTX, _LOCAL), nn.GELU(), nn.Linear(_LOCAL, 1))
+        nn.init.zeros_(self.local[-1].weight)  # the untrained drift starts close to "do not move"
+        nn.init.zeros_(self.local[-1].bias)
 
     def train(self, mode: bool = True) -> DriftNet:
         super().train(mode)
@@ -139,49 +141,84 @@ class DriftNet(nn.Module):
             self.encoder.eval()
         return self
 
-    def encode_tasks(self, supports: list[tuple[Tensor, Tensor]]) -> Tensor:
-        """Per episode (x float [Ns, C, H, W] normalised, y int64 [Ns] in 0..way-1; any way and
-        shot) -> task embeddings [B, task_dim]. One encoder pass over all images."""
-        assert supports, "encode_tasks needs at least one episode"
-        images = torch.cat([x for x, _ in supports])  # [N, C, H, W]
+    def support_inputs(self, images: Tensor, labels: list[Tensor]) -> tuple[Tensor, Tensor | None]:
+        """One encoder pass over the support images [N, C, H, W] of B episodes (labels: per
+        episode [N_b] in 0..way-1) -> (features [N, F], raw site statistics [B, K, P] or None).
+        With a frozen encoder both are fixed per support set, so a trainer may cache them."""
         with torch.no_grad() if self.frozen_encoder else nullcontext():
-            features = self.encoder(images)
+            if self.n_stats:
+                features, stats = support_site_stats(self.encoder, self.layout, images, labels)
+            else:
+                features, stats = self.encoder(images), None
         expected = (images.shape[0], self.feature_dim)
         assert features.shape == expected, f"encoder gave {tuple(features.shape)}, not {expected}"
-        return self.pool(features.float(), [y for _, y in supports])
+        return features, stats
 
-    def forward(self, theta: Tensor, t: Tensor, task: Tensor) -> Tensor:
-        """theta [B, P], t [B] (or a scalar, as ODE solvers pass it) in [0, horizon],
-        task [B, task_dim] -> d theta/dt [B, P]."""
+    def make_task(self, features: Tensor, labels: list[Tensor], stats: Tensor | None) -> Task:
+        """The trained part of task encoding: pool features [N, F], normalise stats [B, K, P]."""
+        embedding = self.pool(features.float(), labels)  # [B, task_dim]
+        if not self.n_stats:
+            return Task(embedding)
+        assert stats is not None, "this drift network is conditioned on site statistics"
+        return Task(embedding, (stats.float() - self.stat_offset) / self.stat_scale)
+
+    def encode_tasks(self, supports: list[tuple[Tensor, Tensor]]) -> Task:
+        """Per episode (x float [Ns, C, H, W] normalised, y int64 [Ns] in 0..way-1; any way and
+        shot) -> the Task of the batch. One encoder pass over all images."""
+        assert supports, "encode_tasks needs at least one episode"
+        images = torch.cat([x for x, _ in supports])  # [N, C, H, W]
+        labels = [y for _, y in supports]
+        features, stats = self.support_inputs(images, labels)
+        return self.make_task(features, labels, stats)
+
+    def forward(self, theta: Tensor, t: Tensor, task: Task) -> Tensor:
+        """theta [B, P], t [B] (or a scalar, as ODE solvers pass it) in [0, horizon], task of B
+        episodes (from encode_tasks) -> d theta/dt [B, P]."""
         B, P = theta.shape
         assert P == self.layout.size, f"theta has {P} entries, layout has {self.layout.size}"
-        assert task.shape == (B, self.task_dim), f"bad task {tuple(task.shape)}"
+        assert task.embedding.shape == (B, self.task_dim), f"bad task {tuple(task.embedding.shape)}"
         t = t.expand(B) if t.dim() == 0 else t
         assert t.shape == (B,), f"t must be [B={B}] or a scalar, got {tuple(t.shape)}"
         x = (theta - self.theta_offset) / self.theta_scale[self.layer_index]  # [B, P]
         z = self.inp(x)  # [B, L, d]
         summary = z.mean(dim=1, keepdim=True).expand_as(z)  # whole-theta context per token
-        tokens = torch.cat([z, self.layer_embed.expand(B, -1, -1), summary], dim=-1)  # [B, L, 3d]
-        tau = (t.to(theta.dtype) / self.horizon).unsqueeze(1) * self.freqs  # [B, K]
-        cond = self.cond(torch.cat([task, tau.sin(), tau.cos()], dim=1))  # [B, w]
+        parts = [z, self.layer_embed.expand(B, -1, -1), summary]
+        local_in = [x.unsqueeze(-1)]  # per coordinate inputs, [B, P, 1] each
+        if self.n_stats:
+            assert task.stats is not None and task.stats.shape == (B, self.n_stats, P), (
+                "this drift network needs site statistics [B, K, P] in the task"
+            )
+            parts.append(sum(f(task.stats[:, k]) for k, f in enumerate(self.stat_in)))
+            local_in.append(task.stats.transpose(1, 2))  # [B, P, K]
+        tau = (t.to(theta.dtype) / self.horizon).unsqueeze(1) * self.freqs  # [B, K']
+        cond = self.cond(torch.cat([task.embedding, tau.sin(), tau.cos()], dim=1))  # [B, w]
         gate = 1 + self.layer_gate(self.layer_embed)  # [L, w]
-        h = self.stem(tokens) + cond.unsqueeze(1) * gate  # [B, L, w]
+        h = self.stem(torch.cat(parts, dim=-1)) + cond.unsqueeze(1) * gate  # [B, L, w]
         for block in self.blocks:
             h = block(h, cond, self.layer_embed)
-        unit = self.out(self.head(h))  # [B, P], unit-scale velocity
+        ctx = self.ctx(h)[:, self.layer_token][:, self.layer_index]  # [B, P, ctx] layout order
+        local = self.local(torch.cat([*local_in, ctx], dim=-1)).squeeze(-1)  # [B, P]
+        unit = self.out(self.head(h)) + local  # [B, P], unit-scale velocity
         return unit * self.velocity_scale[self.layer_index]
 
     @torch.no_grad()
-    def fit_normalizer(self, velocities: Tensor, thetas: Tensor | None = None) -> None:
+    def fit_normalizer(
+        self, velocities: Tensor, thetas: Tensor | None = None, stats: Tensor | None = None
+    ) -> None:
         """Set velocity_scale (per-layer RMS of velocities [N, P]) and, given thetas [N, P],
         theta_offset (per-coordinate mean) and theta_scale (per-layer RMS deviation, floored at
-        the velocity scale so a layer that never varied cannot blow inputs up)."""
+        the velocity scale so a layer that never varied cannot blow inputs up); given raw site
+        statistics [M, K, P] of M support sets, their per-coordinate mean and std."""
         v_rms = self._layer_rms(velocities.float()).clamp_min(1e-8)  # [L]
         self.velocity_scale.copy_(v_rms)
         if thetas is not None:
             offset = thetas.float().mean(dim=0)  # [P]
             self.theta_offset.copy_(offset)
             self.theta_scale.copy_(torch.maximum(self._layer_rms(thetas.float() - offset), v_rms))
+        if stats is not None and self.n_stats:
+            assert stats.dim() == 3 and stats.shape[0] > 1, "need [M > 1, K, P] site statistics"
+            self.stat_offset.copy_(stats.float().mean(dim=0))
+            self.stat_scale.copy_(stats.float().std(dim=0).clamp_min(1e-3))
 
     def _layer_rms(self, x: Tensor) -> Tensor:
         # x [N, P] -> root mean square over samples and the coordinates of each layer [L]

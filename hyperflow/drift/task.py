@@ -7,11 +7,24 @@ classes and the result does not depend on class order or image order.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import timm
 import torch
 from torch import Tensor, nn
 
 from hyperflow.errors import UserError
+
+
+@dataclass
+class Task:
+    """What the drift network knows of a batch of support sets."""
+
+    embedding: Tensor  # [B, task_dim] pooled prototype embedding
+    stats: Tensor | None = None  # [B, K, P] normalised per-bias site statistics, or None
+
+    def __len__(self) -> int:
+        return self.embedding.shape[0]
 
 
 class PrototypePooling(nn.Module):

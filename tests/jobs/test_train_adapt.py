@@ -2,9 +2,11 @@
 tiny target lowers the support loss of new base-domain episodes when integrated from theta_0.
 
 Trajectories are simulated in-process by the collection worker itself (engine.collect.Collector,
-no Ray), on clean base-domain episodes. With the tiny config's on-the-fly shifts the same recipe
-measured 80-84% of held-out episodes improved, every miss a "contrast" episode: too close to the
-80% bar for a test; see the report. One intra-op thread throughout (shared 2-core machine).
+no Ray), on clean base-domain episodes, at the one learning rate the tiny config gives
+bias-tuning, and the drift is trained with off-path theta noise (train.theta_noise). Measured: the
+loss is lowered in 82.8% of the 64 new episodes, mean 0.3396 -> 0.2993; without theta noise and
+with per-episode learning rates in [0.01, 0.1] it was 73.4%, 0.3396 -> 0.3334. One intra-op thread
+throughout (shared 2-core machine).
 """
 
 from __future__ import annotations
@@ -57,11 +59,6 @@ def collected(tiny_target, tmp_path_factory, one_thread):
     return root, collector
 
 
-@pytest.mark.xfail(
-    reason="issue 4 acceptance not met yet: with the step-capped tiny target (support loss ~0.34) "
-    "the drift lowers the loss in 73% of new episodes, below the 80% bar; see the issue note",
-    strict=False,
-)
 def test_trained_drift_lowers_support_loss_on_new_episodes(cli, tiny_target, collected, tmp_path):
     store, collector = collected
     out = tmp_path / "drift"

@@ -12,7 +12,7 @@ from torch import nn
 
 from hyperflow.adapt.hyperflow import adapted_theta, find_drift_dirs, load_for_target
 from hyperflow.bias import get_theta
-from hyperflow.drift import DriftConfig, DriftNet, save_drift
+from hyperflow.drift import DriftConfig, DriftNet, Task, save_drift
 from hyperflow.errors import UserError
 from hyperflow.model import TargetConfig, TargetModel
 
@@ -30,10 +30,10 @@ class _ClockDrift(nn.Module):
 
     def encode_tasks(self, supports):
         self.tasks += len(supports)
-        return torch.zeros(len(supports), 1)
+        return Task(torch.zeros(len(supports), 1))
 
     def forward(self, theta, t, task):
-        assert t.shape == (theta.shape[0],) and task.shape == (theta.shape[0], 1)
+        assert t.shape == (theta.shape[0],) and task.embedding.shape == (theta.shape[0], 1)
         return (self.a + self.b * t).unsqueeze(1).expand_as(theta)
 
 

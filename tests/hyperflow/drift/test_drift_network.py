@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from hyperflow.drift import DRIFT_SIZES, DriftConfig, DriftNet, timm_encoder
+from hyperflow.drift import DRIFT_SIZES, DriftConfig, DriftNet, Task, timm_encoder
 from hyperflow.drift.layers import LayerGroups, LayerwiseIn, LayerwiseOut
 from hyperflow.errors import UserError
 
@@ -35,7 +35,9 @@ def test_layerwise_maps_match_a_per_layer_loop(layout):
 
 @pytest.mark.parametrize("size", sorted(DRIFT_SIZES))
 def test_forward_shapes_any_way_and_shot(size, layout, encoder, support_factory):
-    net = DriftNet(layout, DriftConfig(size=size), encoder, encoder.feature_dim, H)
+    net = DriftNet(
+        layout, DriftConfig(size=size, site_stats=False), encoder, encoder.feature_dim, H
+    )
     g = torch.Generator().manual_seed(1)
     ways = [2, 5, 10, 3]
     supports = [
@@ -43,7 +45,7 @@ def test_forward_shapes_any_way_and_shot(size, layout, encoder, support_factory)
         for i, w in enumerate(ways)
     ]
     task = net.encode_tasks(supports)
-    assert task.shape == (4, DRIFT_SIZES[size].task_dim)
+    assert task.embedding.shape == (4, DRIFT_SIZES[size].task_dim) and task.stats is None
     theta = torch.randn(4, layout.size)
     v = net(theta, torch.rand(4) * H, task)
     assert v.shape == (4, layout.size) and torch.isfinite(v).all()
@@ -53,22 +55,22 @@ def test_forward_shapes_any_way_and_shot(size, layout, encoder, support_factory)
 
 
 def test_encode_tasks_is_permutation_invariant(layout, encoder, support_factory):
-    net = DriftNet(layout, DriftConfig(), encoder, encoder.feature_dim, H)
+    net = DriftNet(layout, DriftConfig(site_stats=False), encoder, encoder.feature_dim, H)
     x, y = support_factory(4, [1, 3, 2, 4], seed=0)
     other = support_factory(3, [2, 2, 2], seed=1)
-    base = net.encode_tasks([(x, y), other])
+    base = net.encode_tasks([(x, y), other]).embedding
     relabel = torch.tensor([2, 0, 3, 1])  # class order
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))  # image order
-    permuted = net.encode_tasks([(x[order], relabel[y][order]), other])
+    permuted = net.encode_tasks([(x[order], relabel[y][order]), other]).embedding
     torch.testing.assert_close(permuted, base, rtol=1e-5, atol=1e-5)
     # ...while the support content does matter
-    changed = net.encode_tasks([(x + 1.0, y), other])
+    changed = net.encode_tasks([(x + 1.0, y), other]).embedding
     assert (changed[0] - base[0]).abs().max() > 1e-3
     torch.testing.assert_close(changed[1], base[1], rtol=1e-5, atol=1e-5)
 
 
 def test_encode_tasks_runs_the_encoder_once(layout, encoder, support_factory):
-    net = DriftNet(layout, DriftConfig(), encoder, encoder.feature_dim, H)
+    net = DriftNet(layout, DriftConfig(site_stats=False), encoder, encoder.feature_dim, H)
     calls = []
     encoder.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
     net.encode_tasks([support_factory(2, [1, 1], 0), support_factory(5, [3] * 5, 1)])
@@ -76,7 +78,9 @@ def test_encode_tasks_runs_the_encoder_once(layout, encoder, support_factory):
 
 
 def test_target_encoder_stays_frozen(layout, encoder, support_factory):
-    net = DriftNet(layout, DriftConfig(encoder="target"), encoder, encoder.feature_dim, H).train()
+    net = DriftNet(
+        layout, DriftConfig(encoder="target", site_stats=False), encoder, encoder.feature_dim, H
+    ).train()
     assert not any(p.requires_grad for p in encoder.parameters())
     assert net.training and not encoder.training, "train() must keep the target in eval mode"
     before = {k: v.clone() for k, v in encoder.state_dict().items()}
@@ -91,7 +95,9 @@ def test_target_encoder_stays_frozen(layout, encoder, support_factory):
 
 def test_timm_encoder_is_trained(layout, support_factory):
     encoder, dim = timm_encoder("test_resnet", in_chans=1)
-    net = DriftNet(layout, DriftConfig(encoder="test_resnet"), encoder, dim, H).train()
+    net = DriftNet(
+        layout, DriftConfig(encoder="test_resnet", site_stats=False), encoder, dim, H
+    ).train()
     assert encoder.training and all(p.requires_grad for p in encoder.parameters())
     task = net.encode_tasks([support_factory(3, [2, 2, 2], 0)])
     net(torch.randn(1, layout.size), torch.rand(1), task).pow(2).sum().backward()
@@ -101,25 +107,27 @@ def test_timm_encoder_is_trained(layout, support_factory):
 def test_params_grow_linearly_in_p(layout_factory):
     def count(scale: int, layers: int = 6) -> int:
         lay = layout_factory([(64 * scale,), (128 * scale,)] * (layers // 2))
-        return drift_params(DriftNet(lay, DriftConfig(), nn.Identity(), F, H))
+        return drift_params(DriftNet(lay, DriftConfig(site_stats=False), nn.Identity(), F, H))
 
     c1, c2, c4 = count(1), count(2), count(4)
     assert c4 - c2 == 2 * (c2 - c1), "same layers, P doubled: params must be affine in P"
     assert c4 < 2.5 * c2 < 6.25 * c1, "no P^2 term"
     # the small size stays well under 1M parameters at P ~ 5000
     p5000 = drift_params(
-        DriftNet(layout_factory([(500,)] * 10), DriftConfig(), nn.Identity(), 512, H)
+        DriftNet(
+            layout_factory([(500,)] * 10), DriftConfig(site_stats=False), nn.Identity(), 512, H
+        )
     )
     assert p5000 < 1_000_000, p5000
 
 
 def test_normalizer_sets_layer_scales(layout):
-    net = DriftNet(layout, DriftConfig(), nn.Identity(), F, H)
+    net = DriftNet(layout, DriftConfig(site_stats=False), nn.Identity(), F, H)
     per_layer = torch.tensor([1e-3, 1.0, 50.0, 0.2, 0.0])  # last layer never moves
     scale = per_layer[layout.layer_index()]
     velocities = torch.randn(4000, layout.size) * scale
     thetas = 3.0 + torch.randn(4000, layout.size) * 10 * scale
-    task, theta, t = torch.randn(2, 64), torch.randn(2, layout.size), torch.rand(2)
+    task, theta, t = Task(torch.randn(2, 64)), torch.randn(2, layout.size), torch.rand(2)
     before = net(theta, t, task)
     net.fit_normalizer(velocities, thetas)
     torch.testing.assert_close(net.velocity_scale[:4], per_layer[:4], rtol=0.05, atol=0)

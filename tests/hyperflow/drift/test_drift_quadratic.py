@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from hyperflow.drift import DriftConfig, DriftNet, drift_loss, fit_normalizer_from_knots
+from hyperflow.drift import DriftConfig, DriftNet, Task, drift_loss, fit_normalizer_from_knots
 from hyperflow.interpolants import INTERPOLANTS
 from hyperflow.solvers import integrate
 
@@ -40,13 +40,19 @@ def test_learned_drift_reaches_the_true_endpoint(interpolant, layout_factory):
     family = QuadraticFamily(layout)
     g = torch.Generator().manual_seed(1)
     torch.manual_seed(0)
-    net = DriftNet(layout, DriftConfig(size="small", interpolant=interpolant), nn.Identity(), 1, T)
+    net = DriftNet(
+        layout,
+        DriftConfig(size="small", interpolant=interpolant, site_stats=False),
+        nn.Identity(),
+        1,
+        T,
+    )
     fit_normalizer_from_knots(net, family.sample(2048, g)[0], interpolant, g)
     opt = torch.optim.AdamW(net.parameters(), lr=LR, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, LR, total_steps=TRAIN_STEPS, pct_start=0.05)
     for _ in range(TRAIN_STEPS):
         knots, task = family.sample(BATCH, g)
-        loss = drift_loss(net, knots, task, interpolant, g)
+        loss = drift_loss(net, knots, Task(task), interpolant, g)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -58,7 +64,7 @@ def test_learned_drift_reaches_the_true_endpoint(interpolant, layout_factory):
     moved = (target - theta0).norm(dim=1)  # error of not moving at all
 
     def endpoint_error(task_: torch.Tensor) -> float:
-        out = integrate(lambda t, theta: net(theta, t, task_), theta0, T, 20, "euler")
+        out = integrate(lambda t, theta: net(theta, t, Task(task_)), theta0, T, 20, "euler")
         return ((out - target).norm(dim=1) / moved).mean().item()
 
     error = endpoint_error(task)

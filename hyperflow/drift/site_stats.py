@@ -1,0 +1,90 @@
+"""Per-bias activation statistics of a support set: what a domain shift does at every bias.
+
+Each tunable bias is added to one module output (see adapt.episode_biases). For every coordinate
+c of theta we record, over an episode's support images at the target's own biases:
+
+    mean      mean of that output channel over images and positions
+    log_std   log of its standard deviation over images and positions
+    log_sep   log of the standard deviation, over the episode's classes, of the class means of
+              per-image channel means (how well the channel separates this episode's classes)
+
+so stats is [B, 3, P], aligned with theta. A contrast or inversion shift moves `mean` and
+`log_std` of early channels far from their base-domain values, which the prototype embedding of
+the last layer alone hides; bias-tuning reacts to exactly these channels. One forward pass gives
+both these statistics and the encoder features, so conditioning on them costs no extra pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor, nn
+
+from hyperflow.adapt.episode_biases import bias_site
+from hyperflow.bias import BiasLayout
+
+STATS = ("mean", "log_std", "log_sep")
+_EPS = 1e-6
+
+
+def support_site_stats(
+    backbone: nn.Module, layout: BiasLayout, images: Tensor, labels: list[Tensor]
+) -> tuple[Tensor, Tensor]:
+    """One pass of `backbone` over images [N, C, H, W] (episodes concatenated; labels: per episode
+    [N_b] in 0..way-1) -> (features [N, F], stats [B, len(STATS), P] float32)."""
+    assert images.shape[0] == sum(len(y) for y in labels), "images and labels disagree"
+    dev = images.device
+    sizes = torch.tensor([len(y) for y in labels], device=dev)
+    episode = torch.repeat_interleave(torch.arange(len(labels), device=dev), sizes)  # [N]
+    ways = torch.tensor([int(y.max()) + 1 for y in labels], device=dev)
+    offsets = torch.cumsum(ways, 0) - ways
+    cls = torch.cat([y.to(dev) + o for y, o in zip(labels, offsets)])  # [N] global class id
+    class_episode = torch.repeat_interleave(torch.arange(len(labels), device=dev), ways)  # [Cg]
+    moments: dict[int, tuple[Tensor, Tensor]] = {}  # layout entry -> per-image (m, q) [N, n_l]
+    with _record(backbone, layout, moments):
+        features = backbone(images)
+    stats = torch.empty(len(labels), len(STATS), layout.size, device=dev)
+    for i, entry in enumerate(layout.entries):
+        m, q = moments[i]
+        mu = _segment_mean(m, episode, len(labels))  # [B, n]
+        var = (_segment_mean(q, episode, len(labels)) - mu.pow(2)).clamp_min(0)
+        class_mu = _segment_mean(m, cls, len(class_episode))  # [Cg, n]
+        spread = (class_mu - mu[class_episode]).pow(2)  # [Cg, n]
+        sep = _segment_mean(spread, class_episode, len(labels))  # [B, n]
+        block = slice(entry.offset, entry.offset + entry.numel)
+        stats[:, 0, block] = mu
+        stats[:, 1, block] = 0.5 * (var + _EPS).log()
+        stats[:, 2, block] = 0.5 * (sep + _EPS).log()
+    return features, stats
+
+
+@contextlib.contextmanager
+def _record(backbone: nn.Module, layout: BiasLayout, moments: dict) -> Iterator[None]:
+    modules = dict(backbone.named_modules())
+    handles = []
+    for i, entry in enumerate(layout.entries):
+        owner, _, _ = entry.name.rpartition(".")
+        site, axis = bias_site(modules[owner])
+        handles.append(site.register_forward_hook(_moments_hook(moments, i, axis)))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _moments_hook(moments: dict, index: int, axis: int):
+    def hook(_module, _inputs, out: Tensor) -> None:
+        # out [N, ..., C, ...] -> per image, per channel mean and mean square [N, C]
+        x = out.detach().float().movedim(axis, -1).reshape(out.shape[0], -1, out.shape[axis])
+        moments[index] = (x.mean(dim=1), x.pow(2).mean(dim=1))
+
+    return hook
+
+
+def _segment_mean(x: Tensor, segment: Tensor, n: int) -> Tensor:
+    # x [N, C], segment [N] in 0..n-1 -> [n, C] mean of the rows of each segment
+    total = x.new_zeros(n, x.shape[1]).index_add(0, segment, x)
+    return total / torch.bincount(segment, minlength=n).clamp_min(1).unsqueeze(1).to(x.dtype)

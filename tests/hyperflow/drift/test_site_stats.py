@@ -1,0 +1,99 @@
+"""Site statistics: one batched pass equals per-episode hand computation, is invariant to image and
+class order, and a stats-conditioned drift network uses them and survives a save/load."""
+
+import pytest
+import torch
+
+from hyperflow.adapt.episode_biases import bias_site
+from hyperflow.drift import DriftConfig, DriftNet, load_drift, save_drift
+from hyperflow.drift.site_stats import STATS, support_site_stats
+from hyperflow.errors import UserError
+
+
+def _support(model, episode):
+    return model.preprocess(episode.support_x), episode.support_y
+
+
+def _reference(model, x, y) -> torch.Tensor:
+    """Per-episode statistics [K, P] from the raw outputs at each bias site, written plainly.
+    Outputs are cloned: an in-place activation after the site overwrites them later."""
+    outputs = {}
+    modules = dict(model.backbone.named_modules())
+    handles = []
+    for i, e in enumerate(model.layout.entries):
+        site, axis = bias_site(modules[e.name.rpartition(".")[0]])
+        handles.append(
+            site.register_forward_hook(
+                lambda m, a, o, i=i, ax=axis: outputs.update({i: (o.clone(), ax)})
+            )
+        )
+    with torch.no_grad():
+        model.backbone(x)
+    for h in handles:
+        h.remove()
+    out = torch.empty(len(STATS), model.layout.size)
+    for i, e in enumerate(model.layout.entries):
+        o, axis = outputs[i]
+        o = o.movedim(axis, 1).flatten(2)  # [N, C, positions]
+        block = slice(e.offset, e.offset + e.numel)
+        out[0, block] = o.mean(dim=(0, 2))
+        out[1, block] = 0.5 * (o.var(dim=(0, 2), unbiased=False) + 1e-6).log()
+        per_image = o.mean(dim=2)  # [N, C]
+        means = torch.stack([per_image[y == c].mean(0) for c in range(int(y.max()) + 1)])
+        out[2, block] = 0.5 * (means.var(dim=0, unbiased=False) + 1e-6).log()
+    return out
+
+
+def test_batched_stats_match_each_episode_alone(tiny_model, episodes):
+    supports = [_support(tiny_model, ep) for ep in episodes[:3]]
+    images = torch.cat([x for x, _ in supports])
+    with torch.no_grad():
+        features, stats = support_site_stats(
+            tiny_model.backbone, tiny_model.layout, images, [y for _, y in supports]
+        )
+        plain = tiny_model.backbone(images)
+    assert stats.shape == (3, len(STATS), tiny_model.layout.size)
+    torch.testing.assert_close(features, plain)  # the hooks do not change the forward pass
+    for b, (x, y) in enumerate(supports):
+        torch.testing.assert_close(stats[b], _reference(tiny_model, x, y), rtol=1e-4, atol=1e-4)
+
+
+def test_stats_ignore_image_and_class_order_but_see_a_contrast_shift(tiny_model, episodes):
+    x, y = _support(tiny_model, episodes[0])
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    relabel = torch.randperm(int(y.max()) + 1, generator=torch.Generator().manual_seed(1))
+    layout = tiny_model.layout
+    with torch.no_grad():
+        base = support_site_stats(tiny_model.backbone, layout, x, [y])[1]
+        permuted = support_site_stats(tiny_model.backbone, layout, x[order], [relabel[y][order]])[1]
+        faded = support_site_stats(tiny_model.backbone, layout, 0.3 * x + 1.0, [y])[1]
+    torch.testing.assert_close(permuted, base, rtol=1e-3, atol=1e-3)  # E[x^2] - mu^2 rounding
+    assert (faded - base)[0, :2].abs().mean() > 0.1, "a contrast shift must move mean and std"
+
+
+def test_stats_conditioned_drift_depends_on_them_and_round_trips(tmp_path, tiny_model, episodes):
+    cfg = DriftConfig(interpolant="linear")  # site_stats is on by default
+    net = DriftNet(tiny_model.layout, cfg, tiny_model.backbone, tiny_model.feature_dim, 5.0).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        supports = [_support(tiny_model, ep) for ep in episodes]
+        stats = torch.cat([net.support_inputs(x, [y])[1] for x, y in supports])  # [4, K, P]
+        net.fit_normalizer(torch.randn(20, net.layout.size, generator=g), stats=stats)
+        for p in net.local.parameters():  # the untrained local head is zero: make it count
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+        task = net.encode_tasks(supports[:1])
+        theta, t = torch.randn(1, net.layout.size, generator=g), torch.tensor([2.0])
+        v = net(theta, t, task)
+        task.stats = task.stats + 1.0
+        assert (net(theta, t, task) - v).abs().max() > 1e-4, "the output must use the statistics"
+    save_drift(net, tmp_path)
+    loaded = load_drift(tmp_path, tiny_model.backbone, tiny_model.feature_dim).eval()
+    torch.testing.assert_close(loaded.stat_scale, net.stat_scale)
+    with torch.no_grad():
+        again = loaded(theta, t, loaded.encode_tasks(supports[:1]))
+    torch.testing.assert_close(again, v)
+
+
+def test_site_stats_need_the_target_encoder():
+    with pytest.raises(UserError, match="site_stats"):
+        DriftConfig(encoder="test_resnet").validate()
