@@ -21,8 +21,10 @@ from engine.record import SCHEMA_VERSION, TrajectoryRecord, make_id
 from engine.stores import STORES, shard_name, write_shard
 from hyperflow.adapt.simulate import initial_theta, simulate
 from hyperflow.data import load_dataset
-from hyperflow.data.episodes import EpisodeSampler, build_episode
+from hyperflow.data.episodes import EpisodeSampler, EpisodeSpec, build_episode
 from hyperflow.model import load_target, target_id
+
+_COLLECT_STREAM = 2  # Collector.episode's random stream, apart from the sampler's
 
 
 @dataclass(frozen=True)
@@ -118,17 +120,26 @@ class Collector:
     def ready(self) -> bool:
         return True
 
+    def episode(self, e: int) -> tuple[EpisodeSpec, float, np.random.Generator]:
+        """Episode e's spec (shift or clean), learning rate, and the generator its inits use."""
+        s = self.spec
+        # the sampler draws episode e from default_rng([seed, e]); these draws need a stream of
+        # their own: on that same stream "clean" coincided with one shift family, which then
+        # never occurred
+        rng = np.random.default_rng([s.seed, e, _COLLECT_STREAM])
+        spec = self.sampler.spec(e)
+        if s.shifts and rng.random() < s.clean_fraction:
+            spec = replace(spec, shift=None)
+        lr = float(np.exp(rng.uniform(np.log(s.lr_min), np.log(s.lr_max))))
+        return spec, lr, rng
+
     def records(self, index: int) -> list[TrajectoryRecord]:
         """Simulate every (episode, init) trajectory of shard `index`."""
         s = self.spec
         episodes, theta0, lrs, seeds, keys = [], [], [], [], []
         for e in shard_episodes(s, index, self.total):
-            rng = np.random.default_rng([s.seed, e])
-            spec = self.sampler.spec(e)
-            if s.shifts and rng.random() < s.clean_fraction:
-                spec = replace(spec, shift=None)
+            spec, lr, rng = self.episode(e)
             ep = build_episode(self.data, spec)
-            lr = float(np.exp(rng.uniform(np.log(s.lr_min), np.log(s.lr_max))))
             for k in range(s.inits):
                 gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
                 theta0.append(initial_theta(self.model, 1, s.sigma if k else 0.0, gen)[0])

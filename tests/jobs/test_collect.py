@@ -180,3 +180,23 @@ def test_unreachable_address_fails_fast_and_writes_nothing(
     assert "Traceback" not in proc.stderr
     assert not out.exists()
     assert not ray_procs.pids(mark), "a failed connect left Ray processes"
+
+
+def test_every_shift_family_and_the_clean_share_occur(untrained_target, tmp_path):
+    from collections import Counter
+
+    from engine.collect import Collector, CollectSpec
+    from hyperflow.config import load_config
+    from hyperflow.model import load_target
+
+    cfg = load_config("tiny", ["collect.clean_fraction=0.25", "collect.lr_max=0.1"])
+    model = load_target(untrained_target)
+    spec = CollectSpec.from_config(cfg, model, str(untrained_target), ["latin", "greek"], "mix")
+    collector = Collector(spec, str(untrained_target), str(tmp_path), ["wds"], None, 400)
+    draws = [collector.episode(e) for e in range(400)]
+    shifts = Counter(s.shift or "clean" for s, _, _ in draws)
+    # 400 draws: clean ~ 100, each of the 4 families ~ 75
+    assert set(shifts) == {"clean", *cfg.collect.shifts}, shifts
+    assert 70 <= shifts["clean"] <= 130 and min(shifts.values()) >= 45, shifts
+    lrs = [lr for _, lr, _ in draws]
+    assert 0.03 <= min(lrs) < 0.035 and 0.09 < max(lrs) <= 0.1, "lr spans [lr_min, lr_max]"
