@@ -42,21 +42,20 @@ def support_site_stats(
     offsets = torch.cumsum(ways, 0) - ways
     cls = torch.cat([y.to(dev) + o for y, o in zip(labels, offsets)])  # [N] global class id
     class_episode = torch.repeat_interleave(torch.arange(len(labels), device=dev), ways)  # [Cg]
+    ends = [e.offset + e.numel for e in layout.entries]
+    assert [e.offset for e in layout.entries] == [0, *ends[:-1]], "layout must be contiguous"
     moments: dict[int, tuple[Tensor, Tensor]] = {}  # layout entry -> per-image (m, q) [N, n_l]
     with _record(backbone, layout, moments):
         features = backbone(images)
-    stats = torch.empty(len(labels), len(STATS), layout.size, device=dev)
-    for i, entry in enumerate(layout.entries):
-        m, q = moments[i]
-        mu = _segment_mean(m, episode, len(labels))  # [B, n]
-        var = (_segment_mean(q, episode, len(labels)) - mu.pow(2)).clamp_min(0)
-        class_mu = _segment_mean(m, cls, len(class_episode))  # [Cg, n]
-        spread = (class_mu - mu[class_episode]).pow(2)  # [Cg, n]
-        sep = _segment_mean(spread, class_episode, len(labels))  # [B, n]
-        block = slice(entry.offset, entry.offset + entry.numel)
-        stats[:, 0, block] = mu
-        stats[:, 1, block] = 0.5 * (var + _EPS).log()
-        stats[:, 2, block] = 0.5 * (sep + _EPS).log()
+    # all layers at once: per image, per coordinate mean m and mean square q [N, P]
+    m = torch.cat([moments[i][0] for i in range(len(layout.entries))], dim=1)
+    q = torch.cat([moments[i][1] for i in range(len(layout.entries))], dim=1)
+    B = len(labels)
+    mu = _segment_mean(m, episode, B)  # [B, P]
+    var = (_segment_mean(q, episode, B) - mu.pow(2)).clamp_min(0)
+    class_mu = _segment_mean(m, cls, len(class_episode))  # [Cg, P]
+    sep = _segment_mean((class_mu - mu[class_episode]).pow(2), class_episode, B)  # [B, P]
+    stats = torch.stack([mu, 0.5 * (var + _EPS).log(), 0.5 * (sep + _EPS).log()], dim=1)
     return features, stats
 
 
