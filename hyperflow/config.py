@@ -87,6 +87,7 @@ class DriftTrainConfig:
     mixed_precision: str = "no"  # no | fp16 | bf16 (Accelerate)
     checkpoint_every: int = 500
     shuffle_buffer: int = 256
+    cache_records: int = 100_000  # frozen-encoder inputs kept per record id (LRU); 0: none
     loader_workers: int = 1
     format: str = "wds"
     seed: int = 0

@@ -50,6 +50,7 @@ from hyperflow.drift.objective import drift_loss
 from hyperflow.errors import UserError
 from hyperflow.model import TargetModel, load_target, target_id
 from jobs.common import add_config_args, check_out_dir, positive_int
+from jobs.train_inputs import SupportCache, support_inputs
 
 NORMALIZER_RECORDS = 256  # records (in manifest order, the same on every rank) for normalisers
 SEEN_ENV = "HYPERFLOW_TRAIN_SEEN"  # "1": each rank logs the record ids of every step
@@ -72,6 +73,8 @@ def run(args: argparse.Namespace) -> None:
     cfg = load_config(args.config, args.set)
     tc = cfg.train
     interpolant = args.interpolant or tc.interpolant
+    if tc.cache_records < 0:
+        raise UserError(f"train.cache_records must be >= 0 (0: no cache), got {tc.cache_records}")
     out = check_out_dir(Path(args.out))
     ckpt_root = out / "checkpoints"
     if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
@@ -134,7 +137,7 @@ def run(args: argparse.Namespace) -> None:
     seen = None
     if os.environ.get(SEEN_ENV) == "1":
         seen = _open_jsonl(out / f"seen-rank{rank}.jsonl", step)
-    cache: dict[str, tuple] = {}  # frozen encoder: (features, site stats) per record id
+    cache = SupportCache(tc.cache_records)  # frozen encoder: (features, site stats) per record
 
     # loop: one loader for the whole run (EpochStream), its workers read ahead across epochs
     bar = tqdm(total=tc.steps, initial=step, desc="train", disable=not accelerator.is_main_process)
@@ -146,7 +149,7 @@ def run(args: argparse.Namespace) -> None:
             waited = time.perf_counter() - wait_start
             t0, cpu0 = time.perf_counter(), time.process_time()
             with accelerator.autocast():
-                features, stats = _support_inputs(core.net, model, batch, cache)
+                features, stats = support_inputs(core.net, model, batch, cache)
                 loss = objective(
                     batch["theta"].to(accelerator.device),
                     features,
@@ -319,7 +322,9 @@ def _fit_normalizers(net, model, store, fmt, interpolant, gen) -> None:
     stats = None
     if net.n_stats:  # site statistics of these records' support sets, 32 episodes per pass
         chunks = [records[i : i + 32] for i in range(0, len(records), 32)]
-        stats = torch.cat([_support_inputs(net, model, collate(c), {})[1] for c in chunks])
+        stats = torch.cat(
+            [support_inputs(net, model, collate(c), SupportCache(0))[1] for c in chunks]
+        )
     fit_normalizer_from_knots(net, knots, interpolant, gen, stats=stats)
 
 
@@ -337,26 +342,6 @@ class _Objective(nn.Module):
             features, stats = self.net.support_inputs(features, labels)
         task = self.net.make_task(features, labels, stats)
         return drift_loss(self.net, knots, task, self.interpolant, gen, self.theta_noise)
-
-
-def _support_inputs(net: DriftNet, model: TargetModel, batch: dict, cache: dict):
-    """Frozen encoder: (features [sum N, F], site stats [B, K, P] or None), computed once per
-    record id. A trained encoder runs inside the objective: (normalised images, None)."""
-    device = net.velocity_scale.device
-    if not net.frozen_encoder:
-        return torch.cat([model.preprocess(x) for x in batch["support"]]).to(device), None
-    rows = zip(batch["ids"], batch["support"], batch["labels"])
-    missing = [(i, x, y) for i, x, y in rows if i not in cache]
-    if missing:
-        images = model.preprocess(torch.cat([x for _, x, _ in missing])).to(device)
-        feats, stats = net.support_inputs(images, [y.to(device) for _, _, y in missing])
-        per_record = feats.split([len(x) for _, x, _ in missing])
-        for j, ((i, _, _), f) in enumerate(zip(missing, per_record)):
-            cache[i] = (f, None if stats is None else stats[j])
-    features = torch.cat([cache[i][0] for i in batch["ids"]])
-    if not net.n_stats:
-        return features, None
-    return features, torch.stack([cache[i][1] for i in batch["ids"]])
 
 
 def _warmup_cosine(warmup: int, total: int):

@@ -253,6 +253,13 @@ def test_empty_store_is_refused(capsys, tiny_target, tmp_path):
     _fails(capsys, _train_argv(store, tiny_target, tmp_path / "run"), "is empty")
 
 
+def test_negative_cache_budget_is_refused(capsys, tiny_target, tmp_path):
+    store = _store(tmp_path / "store", tiny_target, [4])
+    argv = [*_train_argv(store, tiny_target, tmp_path / "run"), "--set", "train.cache_records=-1"]
+    _fails(capsys, argv, "train.cache_records must be >= 0", "-1")
+    assert not (tmp_path / "run").exists(), "nothing written"
+
+
 def test_resume_without_checkpoint_is_refused(capsys, tiny_target, resume_store, tmp_path):
     argv = [*_train_argv(resume_store, tiny_target, tmp_path / "run"), "--resume"]
     _fails(capsys, argv, "no complete checkpoint under", str(tmp_path / "run" / "checkpoints"))
