@@ -75,6 +75,10 @@ def run(args: argparse.Namespace) -> None:
     interpolant = args.interpolant or tc.interpolant
     if tc.cache_records < 0:
         raise UserError(f"train.cache_records must be >= 0 (0: no cache), got {tc.cache_records}")
+    if tc.theta_noise < 0:
+        raise UserError(f"train.theta_noise must be >= 0, got {tc.theta_noise}")
+    drift_cfg = DriftConfig(tc.size, tc.encoder, interpolant, tc.site_stats)
+    drift_cfg.validate()  # before --out is created: a bad drift setting writes nothing
     out = check_out_dir(Path(args.out))
     ckpt_root = out / "checkpoints"
     if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
@@ -96,7 +100,7 @@ def run(args: argparse.Namespace) -> None:
     set_seed(tc.seed + rank)
     net = DriftNet(
         model.layout,
-        DriftConfig(tc.size, tc.encoder, interpolant, tc.site_stats),
+        drift_cfg,
         model.backbone,
         model.feature_dim,
         horizon,

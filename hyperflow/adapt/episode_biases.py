@@ -13,12 +13,12 @@ stay independent because each delta only touches its own rows.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
 
-from hyperflow.bias import BiasLayout
+from hyperflow.bias import BiasEntry, BiasLayout
 from hyperflow.errors import UserError
 
 try:  # timm norm+activation layers add the bias before their activation
@@ -47,28 +47,39 @@ def bias_site(module: nn.Module) -> tuple[nn.Module, int]:
 
 
 @contextlib.contextmanager
+def site_hooks(
+    backbone: nn.Module, layout: BiasLayout, make_hook: Callable[[int, BiasEntry, int], Callable]
+) -> Iterator[None]:
+    """Inside the block, make_hook(index, entry, channel axis) is a forward hook on the output
+    that layout entry `index` is added to (see bias_site)."""
+    modules = dict(backbone.named_modules())
+    handles = []
+    for i, entry in enumerate(layout.entries):
+        owner_name, _, leaf = entry.name.rpartition(".")
+        assert leaf == "bias", f"{entry.name} is not a bias; bias sites exist for biases only"
+        site, axis = bias_site(modules[owner_name])
+        handles.append(site.register_forward_hook(make_hook(i, entry, axis)))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def episode_biases(
     backbone: nn.Module, layout: BiasLayout, delta: torch.Tensor, episodes: int
-) -> Iterator[None]:
+) -> contextlib.AbstractContextManager[None]:
     """Inside the block, backbone(x) with x [E*N, ...] adds delta[e] [P] to episode e's rows.
 
     delta [E, P]: per-episode offset from the backbone's own biases. Rows of x must be grouped by
     episode, N consecutive rows each.
     """
     assert delta.shape == (episodes, layout.size), f"delta {tuple(delta.shape)} != ({episodes}, P)"
-    modules = dict(backbone.named_modules())
-    handles = []
-    for entry in layout.entries:
-        owner_name, _, leaf = entry.name.rpartition(".")
-        assert leaf == "bias", f"{entry.name} is not a bias; episode_biases handles biases only"
-        site, axis = bias_site(modules[owner_name])
-        d = delta[:, entry.offset : entry.offset + entry.numel]  # [E, C]
-        handles.append(site.register_forward_hook(_adder(d, axis, episodes)))
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
+
+    def make_hook(_i: int, entry: BiasEntry, axis: int):
+        return _adder(delta[:, entry.offset : entry.offset + entry.numel], axis, episodes)  # [E, C]
+
+    return site_hooks(backbone, layout, make_hook)
 
 
 def _adder(d: torch.Tensor, axis: int, episodes: int):

@@ -16,13 +16,10 @@ both these statistics and the encoder features, so conditioning on them costs no
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import torch
 from torch import Tensor, nn
 
-from hyperflow.adapt.episode_biases import bias_site
+from hyperflow.adapt.episode_biases import site_hooks
 from hyperflow.bias import BiasLayout
 
 STATS = ("mean", "log_std", "log_sep")
@@ -45,7 +42,7 @@ def support_site_stats(
     ends = [e.offset + e.numel for e in layout.entries]
     assert [e.offset for e in layout.entries] == [0, *ends[:-1]], "layout must be contiguous"
     moments: dict[int, tuple[Tensor, Tensor]] = {}  # layout entry -> per-image (m, q) [N, n_l]
-    with _record(backbone, layout, moments):
+    with site_hooks(backbone, layout, lambda i, _entry, axis: _moments_hook(moments, i, axis)):
         features = backbone(images)
     # all layers at once: per image, per coordinate mean m and mean square q [N, P]
     m = torch.cat([moments[i][0] for i in range(len(layout.entries))], dim=1)
@@ -57,21 +54,6 @@ def support_site_stats(
     sep = _segment_mean((class_mu - mu[class_episode]).pow(2), class_episode, B)  # [B, P]
     stats = torch.stack([mu, 0.5 * (var + _EPS).log(), 0.5 * (sep + _EPS).log()], dim=1)
     return features, stats
-
-
-@contextlib.contextmanager
-def _record(backbone: nn.Module, layout: BiasLayout, moments: dict) -> Iterator[None]:
-    modules = dict(backbone.named_modules())
-    handles = []
-    for i, entry in enumerate(layout.entries):
-        owner, _, _ = entry.name.rpartition(".")
-        site, axis = bias_site(modules[owner])
-        handles.append(site.register_forward_hook(_moments_hook(moments, i, axis)))
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def _moments_hook(moments: dict, index: int, axis: int):

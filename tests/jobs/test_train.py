@@ -253,10 +253,20 @@ def test_empty_store_is_refused(capsys, tiny_target, tmp_path):
     _fails(capsys, _train_argv(store, tiny_target, tmp_path / "run"), "is empty")
 
 
-def test_negative_cache_budget_is_refused(capsys, tiny_target, tmp_path):
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("train.cache_records=-1", "train.cache_records must be >= 0"),
+        ("train.theta_noise=-0.5", "train.theta_noise must be >= 0"),
+        ("train.encoder=test_resnet", "train.site_stats=false"),
+    ],
+)
+def test_bad_train_setting_is_refused_before_writing(
+    capsys, tiny_target, tmp_path, setting, message
+):
     store = _store(tmp_path / "store", tiny_target, [4])
-    argv = [*_train_argv(store, tiny_target, tmp_path / "run"), "--set", "train.cache_records=-1"]
-    _fails(capsys, argv, "train.cache_records must be >= 0", "-1")
+    argv = [*_train_argv(store, tiny_target, tmp_path / "run"), "--set", setting]
+    _fails(capsys, argv, message, setting.split("=")[1])
     assert not (tmp_path / "run").exists(), "nothing written"
 
 
