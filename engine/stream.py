@@ -1,14 +1,17 @@
 """Streaming committed records to DDP ranks and their DataLoader workers.
 
-Per epoch, a plan fixes who reads what (`epoch_plan`), identically on every rank:
-1. shard order is shuffled with rng(seed, epoch) and the records are laid end to end, each
-   shard in its own order: the *read sequence*, sequential within a shard (what tar likes);
-2. that sequence is cut into world_size contiguous, near-equal parts, one per rank, so ranks
-   are disjoint and together cover every record exactly once (no padding, no dropping);
-3. each rank passes its part through a shuffle buffer seeded by rng(seed, epoch, rank); the
+A plan per epoch fixes who reads what (`epoch_plan`), identically on every rank:
+1. rank shares, fixed for the run: the shards, in rng(seed) order, are laid end to end and cut
+   into world_size contiguous, near-equal parts, one per rank. Ranks are disjoint and together
+   cover every record exactly once (no padding, no dropping). A rank meets the same records
+   every epoch, so what it caches per record (the trainer's frozen-encoder inputs) is warm from
+   its second epoch on and world ranks cache world times what one would;
+2. per epoch, a rank's *read sequence* is its share's shard runs in rng(seed, epoch, rank)
+   order, each run front to back (sequential within a shard: what tar likes);
+3. the rank passes that sequence through a shuffle buffer seeded by rng(seed, epoch, rank); the
    k-th record out was read at position < k + shuffle_buffer;
-4. each rank cuts its part into exactly steps = ceil(ceil(N / W) / B) near-equal batches, so
-   every rank takes the same number of optimizer steps (unequal counts hang DDP).
+4. each rank cuts it into exactly steps = ceil(ceil(N / W) / B) near-equal batches, so every
+   rank takes the same number of optimizer steps (unequal counts hang DDP).
 set_epoch(e, start) skips the first `start` batches of the plan without reading them (a trainer
 resuming mid-epoch). DataLoader worker i of a rank takes batches i, i + num_workers, ... of the
 rest; the DataLoader's round-robin over workers hands them to the trainer in plan order.
@@ -43,9 +46,29 @@ def _buffer_shuffle(items: list, size: int, rng: np.random.Generator) -> list:
     return out + [buf[j] for j in rng.permutation(len(buf))]
 
 
-def _shard_order(shards: list[ShardInfo], seed: int, epoch: int) -> list[int]:
-    # Indices into `shards` in this epoch's read order; the same on every rank and worker.
-    return np.random.default_rng([seed, epoch]).permutation(len(shards)).tolist()
+def _rank_share(shards: list[ShardInfo], world_size: int, seed: int, rank: int):
+    """Rank's fixed share as runs (shard index, first record, stop), in share order."""
+    order = np.random.default_rng([seed]).permutation(len(shards)).tolist()
+    n = sum(s.records for s in shards)
+    lo = rank * (n // world_size) + min(rank, n % world_size)  # [lo, hi) of the laid-out store
+    hi = lo + n // world_size + (rank < n % world_size)
+    runs, start = [], 0
+    for k in order:
+        a, b = max(lo, start), min(hi, start + shards[k].records)
+        if a < b:
+            runs.append((k, a - start, b - start))
+        start += shards[k].records
+    return runs
+
+
+def _read_sequence(shards: list[ShardInfo], world_size: int, seed: int, epoch: int, rank: int):
+    """[(shard name, index)] in the order rank reads its share in epoch (module docstring 2.)."""
+    runs = _rank_share(shards, world_size, seed, rank)
+    seq = []
+    for j in np.random.default_rng([seed, epoch, rank, 1]).permutation(len(runs)):
+        k, first, stop = runs[j]
+        seq += [(shards[k].name, i) for i in range(first, stop)]
+    return seq
 
 
 def epoch_plan(
@@ -62,13 +85,10 @@ def epoch_plan(
     n = sum(s.records for s in shards)
     if n == 0:
         raise UserError("no records to stream: the store has no committed shards")
-    order = _shard_order(shards, seed, epoch)
-    seq = [(shards[k].name, i) for k in order for i in range(shards[k].records)]
     steps = math.ceil(math.ceil(n / world_size) / batch_size)
-    plan, start = [], 0
+    plan = []
     for rank in range(world_size):
-        part = seq[start : start + n // world_size + (rank < n % world_size)]
-        start += len(part)
+        part = _read_sequence(shards, world_size, seed, epoch, rank)
         if len(part) < steps:
             raise UserError(
                 f"{n} records over world_size {world_size} with batch_size {batch_size} would "
@@ -77,19 +97,28 @@ def epoch_plan(
         part = _buffer_shuffle(part, shuffle_buffer, np.random.default_rng([seed, epoch, rank]))
         bounds = np.linspace(0, len(part), steps + 1).round().astype(int)
         plan.append([part[a:b] for a, b in zip(bounds[:-1], bounds[1:])])
-    assert start == n, f"plan covers {start} of {n} records"
+    assert sum(len(b) for p in plan for b in p) == n, f"plan does not cover all {n} records"
     return plan
 
 
 def collate(records: list[TrajectoryRecord]) -> dict:
-    """Batch of records -> dict of tensors; support/labels stay lists because N varies."""
+    """Batch of records -> dict of a few flat tensors (a DataLoader worker hands each over as one
+    shared-memory block): support sets concatenated, `sizes` says where each record's ends;
+    `split_support` gives them back per record."""
     return {
         "ids": [r.id for r in records],
-        "theta": torch.from_numpy(np.stack([r.theta for r in records])).float(),  # [B, T+1, P]
+        "theta": torch.from_numpy(np.stack([r.theta for r in records]).astype(np.float32)),
         "loss": torch.from_numpy(np.stack([r.loss for r in records])),  # float32 [B, T+1]
-        "support": [torch.from_numpy(r.support) for r in records],  # uint8 [N_i, C, H, W]
-        "labels": [torch.from_numpy(r.labels) for r in records],  # int64 [N_i]
-    }
+        "support": torch.from_numpy(np.concatenate([r.support for r in records])),  # uint8
+        "labels": torch.from_numpy(np.concatenate([r.labels for r in records])),  # int64 [sum N]
+        "sizes": torch.tensor([len(r.labels) for r in records]),  # int64 [B]: N of each record
+    }  # theta float32 [B, T+1, P]; support [sum N, C, H, W]
+
+
+def split_support(batch: dict) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per record (support uint8 [N_i, C, H, W], labels int64 [N_i]) of a collate() batch."""
+    sizes = batch["sizes"].tolist()
+    return list(batch["support"].split(sizes)), list(batch["labels"].split(sizes))
 
 
 class RecordStream(IterableDataset):
@@ -150,14 +179,12 @@ class RecordStream(IterableDataset):
         epoch's read sequence: each shard opened once, front to back; a record waits in memory
         until its batch is complete."""
         where = {x: j for j, batch in enumerate(batches) for x in batch}  # record -> batch
-        visit = {  # shard name -> when this epoch reads it
-            self.shards[k].name: r
-            for r, k in enumerate(_shard_order(self.shards, self.seed, epoch))
-        }
+        seq = _read_sequence(self.shards, self.world_size, self.seed, epoch, self.rank)
+        position = {x: k for k, x in enumerate(seq)}  # when this epoch reads each record
         pending: list[dict] = [{} for _ in batches]  # batch -> {record key: record}
         done, reader, current = 0, None, None
         try:
-            for name, i in sorted(where, key=lambda x: (visit[x[0]], x[1])):
+            for name, i in sorted(where, key=position.__getitem__):
                 if name != current:  # sorted by shard: each shard is opened once
                     if reader is not None:
                         reader.close()

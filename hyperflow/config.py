@@ -110,6 +110,10 @@ class EvaluateConfig:
     domains: list[str] = field(default_factory=list)  # empty: every domain of the dataset
     solver: str = "euler"
     solver_steps: list[int] = field(default_factory=lambda: [1, 5, 20, 50])
+    # HyperFlow runs the support set through the encoder this many images at a time (0: all at
+    # once). Exact: features and site moments are per image. Its peak memory is then one chunk's
+    # activations; the gradient baselines tune on the whole support set at once, as usual.
+    encode_chunk: int = 5
     workers: int = 2
     seed: int = 1000
 

@@ -73,7 +73,9 @@ def run(args: argparse.Namespace) -> None:
     ec = cfg.episodes
     jobs = episode_jobs(data, domains, episodes, ec.way, ec.shot, ec.query, ev.seed)
     lrs = dict(cfg.adapt.lr)
-    methods = method_specs(names, lrs, cfg.adapt.steps, drifts, ev.solver, ev.solver_steps)
+    methods = method_specs(
+        names, lrs, cfg.adapt.steps, drifts, ev.solver, ev.solver_steps, ev.encode_chunk
+    )
     connect(args.address, num_cpus=None)
     init = {
         "target_dir": str(args.target),
@@ -104,7 +106,9 @@ def run(args: argparse.Namespace) -> None:
         rows = _run(pool, val, search, "lr search")
         lrs.update(_best_lrs(rows, search))
         print("learning rates: " + ", ".join(f"{k}={v:g}" for k, v in sorted(lrs.items())))
-        methods = method_specs(names, lrs, cfg.adapt.steps, drifts, ev.solver, ev.solver_steps)
+        methods = method_specs(
+            names, lrs, cfg.adapt.steps, drifts, ev.solver, ev.solver_steps, ev.encode_chunk
+        )
 
     # loop
     rows = _run(pool, jobs, methods, "evaluate")

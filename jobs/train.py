@@ -24,7 +24,6 @@ the tests use it to check disjoint, complete epochs across real ranks.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import signal
@@ -33,7 +32,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
@@ -41,16 +39,22 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from engine.manifest import Manifest, config_hash
 from engine.stores import read_records
-from engine.stream import EpochStream, RecordStream, collate
+from engine.stream import EpochStream, RecordStream, collate, split_support
 from hyperflow.config import load_config, to_dict
 from hyperflow.drift import DriftConfig, DriftNet, fit_normalizer_from_knots, save_drift
 from hyperflow.drift.objective import drift_loss
 from hyperflow.errors import UserError
-from hyperflow.model import TargetModel, load_target, target_id
+from hyperflow.model import target_id
 from jobs.common import add_config_args, check_out_dir, positive_int
 from jobs.train_inputs import SupportCache, support_inputs
+from jobs.train_state import (
+    open_step_log,
+    preflight,
+    resume,
+    save_checkpoint,
+    write_row,
+)
 
 NORMALIZER_RECORDS = 256  # records (in manifest order, the same on every rank) for normalisers
 SEEN_ENV = "HYPERFLOW_TRAIN_SEEN"  # "1": each rank logs the record ids of every step
@@ -83,7 +87,7 @@ def run(args: argparse.Namespace) -> None:
     ckpt_root = out / "checkpoints"
     if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
         # fail here with one message rather than in every rank under torchrun's tracebacks
-        _preflight(args, tc, interpolant, ckpt_root, args.nproc)
+        preflight(args, tc, interpolant, ckpt_root, args.nproc)
         sys.exit(_relaunch(args))
 
     # setup
@@ -95,7 +99,7 @@ def run(args: argparse.Namespace) -> None:
         step_scheduler_with_optimizer=False,
     )
     rank, world = accelerator.process_index, accelerator.num_processes
-    model, manifest, signature, resume_from = _preflight(args, tc, interpolant, ckpt_root, world)
+    model, manifest, signature, resume_from = preflight(args, tc, interpolant, ckpt_root, world)
     horizon = int(manifest.config["steps"])
     set_seed(tc.seed + rank)
     net = DriftNet(
@@ -118,8 +122,8 @@ def run(args: argparse.Namespace) -> None:
         _Objective(net, interpolant, tc.theta_noise), opt, sched
     )
     core = accelerator.unwrap_model(objective)
-    # workers hand over record lists (pickled numpy, one message per batch); the trainer
-    # collates: a collated batch is ~2 B tensors, each its own shared-memory transfer
+    # workers collate: a batch crosses to the trainer as 5 shared-memory tensors, so the
+    # trainer's side of the hand-over is a few file-descriptor receipts, not an unpickle
     stream = RecordStream(
         Path(args.store),
         tc.format,
@@ -128,19 +132,18 @@ def run(args: argparse.Namespace) -> None:
         tc.batch_size,
         tc.seed,
         shuffle_buffer=tc.shuffle_buffer,
-        collated=False,
     )
     step, epoch, start = 0, 0, 0
     if resume_from is not None:
-        step, epoch, start = _resume(accelerator, resume_from, gen)
+        step, epoch, start = resume(accelerator, resume_from, gen)
     accelerator.print(
         f"training drift ({tc.size}, {interpolant}) on {sum(s.records for s in stream.shards)} "
         f"records, world size {world}, {len(stream)} steps/epoch per rank"
     )
-    log = _open_jsonl(out / "train_log.jsonl", step) if accelerator.is_main_process else None
+    log = open_step_log(out / "train_log.jsonl", step) if accelerator.is_main_process else None
     seen = None
     if os.environ.get(SEEN_ENV) == "1":
-        seen = _open_jsonl(out / f"seen-rank{rank}.jsonl", step)
+        seen = open_step_log(out / f"seen-rank{rank}.jsonl", step)
     cache = SupportCache(tc.cache_records)  # frozen encoder: (features, site stats) per record
 
     # loop: one loader for the whole run (EpochStream), its workers read ahead across epochs
@@ -148,16 +151,15 @@ def run(args: argparse.Namespace) -> None:
     loader = _loader(EpochStream(stream, epoch, start), tc)
     wait_start = time.perf_counter()
     if step < tc.steps:
-        for epoch, i, records in loader:  # i: batch index within the epoch
-            batch = collate(records)
+        for epoch, i, batch in loader:  # i: batch index within the epoch
             waited = time.perf_counter() - wait_start
-            t0, cpu0 = time.perf_counter(), time.process_time()
+            t0, cpu0, misses = time.perf_counter(), time.process_time(), cache.misses
             with accelerator.autocast():
                 features, stats = support_inputs(core.net, model, batch, cache)
                 loss = objective(
                     batch["theta"].to(accelerator.device),
                     features,
-                    [y.to(accelerator.device) for y in batch["labels"]],
+                    [y.to(accelerator.device) for y in split_support(batch)[1]],
                     stats,
                     gen,
                 )
@@ -177,17 +179,18 @@ def run(args: argparse.Namespace) -> None:
                 "step_s": time.perf_counter() - t0,
                 # CPU time of this process in the step: far below step_s = starved of cores
                 "step_cpu_s": time.process_time() - cpu0,
+                "encoded": cache.misses - misses,  # records through the frozen encoder
                 "world": world,
             }
-            _write_row(log, row)
-            _write_row(seen, {"step": step, "epoch": epoch, "batch": i, "ids": batch["ids"]})
+            write_row(log, row)
+            write_row(seen, {"step": step, "epoch": epoch, "batch": i, "ids": batch["ids"]})
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.4f}")
             if step % tc.checkpoint_every == 0 or step == tc.steps:
                 # a checkpoint after an epoch's last batch points at the next epoch's start
                 done = i + 1 == len(stream)
                 position = (epoch + 1, 0) if done else (epoch, i + 1)
-                _save_checkpoint(accelerator, ckpt_root, step, *position, signature, gen)
+                save_checkpoint(accelerator, ckpt_root, step, *position, signature, gen)
             if step >= tc.steps:
                 break
             wait_start = time.perf_counter()
@@ -243,79 +246,6 @@ def _relaunch(args: argparse.Namespace) -> int:
             signal.signal(s, handler)
 
 
-def _preflight(args, tc, interpolant: str, ckpt_root: Path, world: int):
-    """Check target, store and checkpoints before any work; returns (model, manifest,
-    run signature, checkpoint directory to resume from or None)."""
-    model = load_target(args.target)
-    manifest = _check_store(Path(args.store), args.target, model, tc.format)
-    signature = _signature(tc, interpolant, world, manifest)
-    done = _checkpoints(ckpt_root)
-    if not args.resume:
-        if done:
-            raise UserError(
-                f"--out {ckpt_root.parent} already holds checkpoints of a training run (newest "
-                f"{done[-1].name}); pass --resume to continue it, or choose another --out"
-            )
-        return model, manifest, signature, None
-    if not done:
-        raise UserError(f"--resume: no complete checkpoint under {ckpt_root}")
-    saved = json.loads((done[-1] / "progress.json").read_text()).get("run", {})
-    for key, value in signature.items():
-        if saved.get(key) != value:
-            raise UserError(
-                f"--resume: checkpoint {done[-1]} was written with {key}={saved.get(key)!r}, "
-                f"this run has {key}={value!r}; resume with the same settings or train into "
-                f"another --out"
-            )
-    return model, manifest, signature, done[-1]
-
-
-def _signature(tc, interpolant: str, world: int, manifest: Manifest) -> dict:
-    """What a resumed run must share with its checkpoint: the network's shape and objective, the
-    data order (plan inputs) and what the restored optimizer would silently override."""
-    return {
-        "interpolant": interpolant,
-        "train.size": tc.size,
-        "train.encoder": tc.encoder,
-        "train.site_stats": tc.site_stats,
-        "train.theta_noise": tc.theta_noise,
-        "world_size": world,
-        "train.batch_size": tc.batch_size,
-        "train.seed": tc.seed,
-        "train.shuffle_buffer": tc.shuffle_buffer,
-        "train.format": tc.format,
-        "train.lr": tc.lr,
-        "train.weight_decay": tc.weight_decay,
-        "store records": sum(s.records for s in manifest.shards_of(tc.format)),
-        "store config": config_hash(manifest.config),
-    }
-
-
-def _checkpoints(root: Path) -> list[Path]:
-    """Complete checkpoints (progress.json written), oldest first."""
-    return sorted(p for p in root.glob("step-*") if (p / "progress.json").is_file())
-
-
-def _check_store(store: Path, target_dir: str, model: TargetModel, fmt: str) -> Manifest:
-    manifest = Manifest.load(store)
-    cfg = manifest.config
-    if cfg.get("layout_hash") != model.layout.hash():
-        raise UserError(
-            f"store {store} has bias layout {cfg.get('layout_hash')}, the target "
-            f"{target_dir} has {model.layout.hash()}"
-        )
-    if cfg.get("target") != target_id(target_dir):
-        raise UserError(
-            f"store {store} was collected with target {cfg.get('target')}, "
-            f"not {target_dir} ({target_id(target_dir)})"
-        )
-    if fmt not in manifest.formats:
-        raise UserError(f"store {store} holds {manifest.formats}, train.format is {fmt!r}")
-    if not manifest.shards_of(fmt):
-        raise UserError(f"store {store} is empty: no committed shards (run `hyperflow collect`)")
-    return manifest
-
-
 def _fit_normalizers(net, model, store, fmt, interpolant, gen) -> None:
     records = []
     for r in read_records(store, fmt):
@@ -355,58 +285,3 @@ def _warmup_cosine(warmup: int, total: int):
         return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
     return factor
-
-
-def _open_jsonl(path: Path, keep_through: int):
-    """Open a per-step JSONL file for appending, first dropping rows of steps > keep_through
-    (0 on a fresh run: start empty; the resumed step: forget the steps lost in a crash)."""
-    rows = path.read_text().splitlines() if path.is_file() else []
-    kept = [r for r in rows if r.strip() and json.loads(r)["step"] <= keep_through]
-    if len(kept) != len(rows):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(r + "\n" for r in kept))
-        os.replace(tmp, path)
-    return open(path, "a")
-
-
-def _write_row(f, row: dict) -> None:
-    if f is not None:
-        f.write(json.dumps(row) + "\n")
-        f.flush()  # a killed run keeps every step it logged
-
-
-def _write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj))
-    os.replace(tmp, path)
-
-
-def _save_checkpoint(accelerator, root, step, epoch, start, signature, gen) -> None:
-    path = root / f"step-{step:08d}"
-    accelerator.save_state(str(path))  # rank 0: model, optimizer, scheduler; every rank: RNG
-    # save_state leaves custom generators out (and registered objects are saved by rank 0 only)
-    gen_file = path / f"t_generator_rank{accelerator.process_index}.npy"
-    np.save(gen_file, gen.get_state().numpy(), allow_pickle=False)
-    accelerator.wait_for_everyone()  # save_state has no barrier: all ranks' files first
-    if accelerator.is_main_process:
-        progress = {"step": step, "epoch": epoch, "batches_done": start, "run": signature}
-        _write_json_atomic(path / "progress.json", progress)  # marks the checkpoint complete
-    accelerator.wait_for_everyone()
-
-
-def _resume(accelerator, path: Path, gen: torch.Generator) -> tuple[int, int, int]:
-    """Load checkpoint `path` (signature already checked); returns (step, epoch, start batch)."""
-    state = json.loads((path / "progress.json").read_text())
-    try:
-        accelerator.load_state(str(path))
-    except (RuntimeError, KeyError, ValueError) as e:
-        raise UserError(f"--resume: checkpoint {path} does not fit this network: {e}") from None
-    gen_file = path / f"t_generator_rank{accelerator.process_index}.npy"
-    if not gen_file.is_file():
-        raise UserError(f"--resume: checkpoint {path} lacks {gen_file.name}")
-    gen.set_state(torch.from_numpy(np.load(gen_file, allow_pickle=False)))
-    accelerator.print(
-        f"resumed from {path} at global step {state['step']} "
-        f"(epoch {state['epoch']}, batch {state['batches_done']})"
-    )
-    return state["step"], state["epoch"], state["batches_done"]

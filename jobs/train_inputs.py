@@ -13,6 +13,7 @@ from collections import OrderedDict
 import torch
 from torch import Tensor
 
+from engine.stream import split_support
 from hyperflow.drift import DriftNet
 from hyperflow.model import TargetModel
 
@@ -23,6 +24,7 @@ class SupportCache:
     def __init__(self, capacity: int):
         assert capacity >= 0, f"cache capacity must be >= 0, got {capacity}"
         self.capacity = capacity
+        self.misses = 0  # records support_inputs had to encode (the trainer logs it per step)
         self._items: OrderedDict[str, tuple[Tensor, Tensor | None]] = OrderedDict()
 
     def __len__(self) -> int:
@@ -52,10 +54,11 @@ def support_inputs(
     (normalised images [sum N, C, H, W], None)."""
     device = net.velocity_scale.device
     if not net.frozen_encoder:
-        return torch.cat([model.preprocess(x) for x in batch["support"]]).to(device), None
+        return model.preprocess(batch["support"]).to(device), None
     found = {i: cache.get(i) for i in batch["ids"] if i in cache}
-    rows = zip(batch["ids"], batch["support"], batch["labels"])
+    rows = zip(batch["ids"], *split_support(batch))
     missing = [(i, x, y) for i, x, y in rows if i not in found]
+    cache.misses += len(missing)
     if missing:
         images = model.preprocess(torch.cat([x for _, x, _ in missing])).to(device)
         feats, stats = net.support_inputs(images, [y.to(device) for _, _, y in missing])

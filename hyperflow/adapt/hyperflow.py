@@ -56,10 +56,13 @@ def adapted_theta(
     steps: int,
     solver: str = "euler",
     return_path: bool = False,
+    chunk: int = 0,
 ) -> torch.Tensor:
     """theta_T [P] reached by `steps` solver steps of the drift from the model's own biases,
-    or with return_path the whole path [steps+1, P] at t = k T / steps."""
-    task = net.encode_tasks([(model.preprocess(episode.support_x), episode.support_y)])  # [1, D]
+    or with return_path the whole path [steps+1, P] at t = k T / steps. chunk > 0: the support
+    set goes through the encoder `chunk` images at a time (same result, less peak memory)."""
+    support = [(model.preprocess(episode.support_x), episode.support_y)]
+    task = net.encode_tasks(support, chunk)  # [1, D]
     theta0 = get_theta(model.backbone, model.layout).unsqueeze(0)  # [1, P]
 
     def drift(t: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
@@ -70,7 +73,12 @@ def adapted_theta(
 
 
 def adapt_hyperflow(
-    model: TargetModel, net: DriftNet, episode: Episode, steps: int, solver: str = "euler"
+    model: TargetModel,
+    net: DriftNet,
+    episode: Episode,
+    steps: int,
+    solver: str = "euler",
+    chunk: int = 0,
 ) -> Adapted:
     """HyperFlow adaptation; `predict(model, episode, adapted)` gives the query logits."""
-    return Adapted(theta=adapted_theta(model, net, episode, steps, solver))
+    return Adapted(theta=adapted_theta(model, net, episode, steps, solver, chunk=chunk))

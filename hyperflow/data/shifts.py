@@ -39,6 +39,8 @@ class ShiftParams:
     elastic_grid: int = 4  # random displacements on a grid x grid lattice, bilinearly spread
     thick_grow: Range = (0.04, 0.10)  # stroke width gain when dilating, fraction of side
     thin_prob: float = 0.2  # chance an image is eroded by one pixel instead of dilated
+    tone_knots: int = 5  # random tone curve: levels at this many evenly spaced input values
+    tone_span: Range = (0.5, 1.0)  # output max - min of the curve, fraction of scale
 
 
 ShiftFn = Callable[..., np.ndarray]
@@ -90,6 +92,25 @@ def contrast(images: np.ndarray, rng: np.random.Generator, p: ShiftParams = Shif
     scale = _per_image(rng, p.contrast_range, len(x))
     offset = rng.uniform(0.0, 1.0, size=scale.shape).astype(np.float32) * (1.0 - scale)
     return _to_uint8(offset + scale * x)
+
+
+def tone(images: np.ndarray, rng: np.random.Generator, p: ShiftParams = ShiftParams()):
+    # A random piecewise-linear tone curve per image: random levels at evenly spaced input
+    # values, stretched to a random span. Curves need not be monotone, so the background level
+    # and the brightness order of strokes and background change too; a generic photometric
+    # family (like colour jitter), not a copy of `invert`, which it almost never reproduces.
+    x = _to_float(images)
+    n, k = len(x), p.tone_knots
+    levels = rng.uniform(0.0, 1.0, size=(n, k))  # [N, K]
+    lo, hi = levels.min(axis=1, keepdims=True), levels.max(axis=1, keepdims=True)
+    span = rng.uniform(*p.tone_span, size=(n, 1))
+    base = rng.uniform(0.0, 1.0, size=(n, 1)) * (1.0 - span)
+    levels = (base + span * (levels - lo) / np.maximum(hi - lo, 1e-6)).astype(np.float32)
+    pos = x * (k - 1)  # [N, C, H, W] position on the knot grid
+    i0 = np.minimum(pos.astype(np.int64), k - 2)  # left knot (pos >= 0)
+    frac = pos - i0
+    rows = np.arange(n).reshape(n, 1, 1, 1)
+    return _to_uint8(levels[rows, i0] * (1 - frac) + levels[rows, i0 + 1] * frac)
 
 
 def invert(images: np.ndarray, rng: np.random.Generator, p: ShiftParams = ShiftParams()):
@@ -197,10 +218,11 @@ SHIFTS: dict[str, ShiftFn] = {
     "clutter": clutter,
     "elastic": elastic,
     "thick": thick,
+    "tone": tone,
 }
 
 # families trajectory collection may draw from; the rest stay unseen until evaluation
-COLLECTION_SHIFTS: tuple[str, ...] = ("noise", "blur", "contrast", "elastic", "thick")
+COLLECTION_SHIFTS: tuple[str, ...] = ("noise", "blur", "contrast", "elastic", "thick", "tone")
 
 
 def apply_shift(

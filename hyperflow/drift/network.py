@@ -141,15 +141,21 @@ class DriftNet(nn.Module):
             self.encoder.eval()
         return self
 
-    def support_inputs(self, images: Tensor, labels: list[Tensor]) -> tuple[Tensor, Tensor | None]:
+    def support_inputs(
+        self, images: Tensor, labels: list[Tensor], chunk: int = 0
+    ) -> tuple[Tensor, Tensor | None]:
         """One encoder pass over the support images [N, C, H, W] of B episodes (labels: per
         episode [N_b] in 0..way-1) -> (features [N, F], raw site statistics [B, K, P] or None).
-        With a frozen encoder both are fixed per support set, so a trainer may cache them."""
+        With a frozen encoder both are fixed per support set, so a trainer may cache them.
+        chunk > 0: `chunk` images per forward (same result, peak memory of one chunk)."""
         with torch.no_grad() if self.frozen_encoder else nullcontext():
             if self.n_stats:
-                features, stats = support_site_stats(self.encoder, self.layout, images, labels)
+                features, stats = support_site_stats(
+                    self.encoder, self.layout, images, labels, chunk
+                )
             else:
-                features, stats = self.encoder(images), None
+                pieces = images.split(chunk) if chunk > 0 else [images]
+                features, stats = torch.cat([self.encoder(x) for x in pieces]), None
         expected = (images.shape[0], self.feature_dim)
         assert features.shape == expected, f"encoder gave {tuple(features.shape)}, not {expected}"
         return features, stats
@@ -162,13 +168,13 @@ class DriftNet(nn.Module):
         assert stats is not None, "this drift network is conditioned on site statistics"
         return Task(embedding, (stats.float() - self.stat_offset) / self.stat_scale)
 
-    def encode_tasks(self, supports: list[tuple[Tensor, Tensor]]) -> Task:
+    def encode_tasks(self, supports: list[tuple[Tensor, Tensor]], chunk: int = 0) -> Task:
         """Per episode (x float [Ns, C, H, W] normalised, y int64 [Ns] in 0..way-1; any way and
-        shot) -> the Task of the batch. One encoder pass over all images."""
+        shot) -> the Task of the batch. One encoder pass over all images (`chunk` at a time)."""
         assert supports, "encode_tasks needs at least one episode"
         images = torch.cat([x for x, _ in supports])  # [N, C, H, W]
         labels = [y for _, y in supports]
-        features, stats = self.support_inputs(images, labels)
+        features, stats = self.support_inputs(images, labels, chunk)
         return self.make_task(features, labels, stats)
 
     def forward(self, theta: Tensor, t: Tensor, task: Task) -> Tensor:

@@ -27,10 +27,16 @@ _EPS = 1e-6
 
 
 def support_site_stats(
-    backbone: nn.Module, layout: BiasLayout, images: Tensor, labels: list[Tensor]
+    backbone: nn.Module,
+    layout: BiasLayout,
+    images: Tensor,
+    labels: list[Tensor],
+    chunk: int = 0,
 ) -> tuple[Tensor, Tensor]:
     """One pass of `backbone` over images [N, C, H, W] (episodes concatenated; labels: per episode
-    [N_b] in 0..way-1) -> (features [N, F], stats [B, len(STATS), P] float32)."""
+    [N_b] in 0..way-1) -> (features [N, F], stats [B, len(STATS), P] float32). chunk > 0: the pass
+    runs `chunk` images at a time, with the same result (everything is per image until the
+    segment means) and a peak memory of one chunk's activations."""
     assert images.shape[0] == sum(len(y) for y in labels), "images and labels disagree"
     dev = images.device
     sizes = torch.tensor([len(y) for y in labels], device=dev)
@@ -41,12 +47,15 @@ def support_site_stats(
     class_episode = torch.repeat_interleave(torch.arange(len(labels), device=dev), ways)  # [Cg]
     ends = [e.offset + e.numel for e in layout.entries]
     assert [e.offset for e in layout.entries] == [0, *ends[:-1]], "layout must be contiguous"
-    moments: dict[int, tuple[Tensor, Tensor]] = {}  # layout entry -> per-image (m, q) [N, n_l]
+    moments: dict[int, tuple[Tensor, Tensor]] = {}  # layout entry -> per-image (m, q) [n, n_l]
+    parts, m_parts, q_parts = [], [], []
     with site_hooks(backbone, layout, lambda i, _entry, axis: _moments_hook(moments, i, axis)):
-        features = backbone(images)
-    # all layers at once: per image, per coordinate mean m and mean square q [N, P]
-    m = torch.cat([moments[i][0] for i in range(len(layout.entries))], dim=1)
-    q = torch.cat([moments[i][1] for i in range(len(layout.entries))], dim=1)
+        for x in images.split(chunk) if chunk > 0 else [images]:
+            parts.append(backbone(x))
+            # all layers at once: per image, per coordinate mean m and mean square q [n, P]
+            m_parts.append(torch.cat([moments[i][0] for i in range(len(layout.entries))], dim=1))
+            q_parts.append(torch.cat([moments[i][1] for i in range(len(layout.entries))], dim=1))
+    features, m, q = torch.cat(parts), torch.cat(m_parts), torch.cat(q_parts)
     B = len(labels)
     mu = _segment_mean(m, episode, B)  # [B, P]
     var = (_segment_mean(q, episode, B) - mu.pow(2)).clamp_min(0)
@@ -58,9 +67,15 @@ def support_site_stats(
 
 def _moments_hook(moments: dict, index: int, axis: int):
     def hook(_module, _inputs, out: Tensor) -> None:
-        # out [N, ..., C, ...] -> per image, per channel mean and mean square [N, C]
-        x = out.detach().float().movedim(axis, -1).reshape(out.shape[0], -1, out.shape[axis])
-        moments[index] = (x.mean(dim=1), x.pow(2).mean(dim=1))
+        # out [N, ..., C, ...] -> per image, per channel mean and mean square [N, C]. Reductions
+        # over the other axes in place: no channels-last copy, no squared temporary (the hooks
+        # ran at ~40% of the adaptation's time and peak memory with them)
+        x = out.detach()
+        dims = [d for d in range(1, x.dim()) if d != axis % x.dim()]
+        count = x[0].numel() // x.shape[axis]
+        mean = x.mean(dim=dims, dtype=torch.float32) if dims else x.float()
+        norm = torch.linalg.vector_norm(x, dim=dims, dtype=torch.float32) if dims else x.abs()
+        moments[index] = (mean, norm.pow(2) / count if dims else norm.pow(2))
 
     return hook
 

@@ -52,8 +52,12 @@ def method_specs(
     drifts: dict[str, str],
     solver: str,
     solver_steps: list[int],
+    chunk: int = 0,
 ) -> list[MethodSpec]:
-    """Expand method names into runnable variants; hyperflow methods once per solver step count."""
+    """Expand method names into runnable variants; hyperflow methods once per solver step count
+    (encoding the support `chunk` images at a time, 0: all at once)."""
+    if chunk < 0:
+        raise UserError(f"evaluate.encode_chunk must be >= 0 (0: whole support set), got {chunk}")
     specs = []
     for name in names:
         if name in GRADIENT_METHODS:
@@ -68,7 +72,8 @@ def method_specs(
                     f"--drift provides {sorted(drifts) or 'none'}"
                 )
             for k in solver_steps:
-                specs.append(MethodSpec(f"{name}@{k}", "hyperflow", 0.0, k, interp, solver))
+                spec = MethodSpec(f"{name}@{k}", "hyperflow", 0.0, k, interp, solver, chunk)
+                specs.append(spec)
         else:
             valid = sorted(GRADIENT_METHODS) + sorted(HYPERFLOW_METHODS)
             raise UserError(f"unknown method {name!r}; choose from {valid}")

@@ -30,6 +30,7 @@ class MethodSpec:
     steps: int = 0  # Adam steps (gradient methods) or solver steps (hyperflow)
     drift: str | None = None  # which drift network (hyperflow only)
     solver: str = "euler"
+    chunk: int = 0  # hyperflow: support images per encoder forward (0: all at once)
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ class EvalWorker:
         if method.kind in GRADIENT_METHODS:
             return adapt(method.kind, self.model, episode, method.lr, method.steps, seed)
         net = self.drifts[method.drift]
-        return adapt_hyperflow(self.model, net, episode, method.steps, method.solver)
+        return adapt_hyperflow(self.model, net, episode, method.steps, method.solver, method.chunk)
 
     def run(self, work: tuple[list[EpisodeJob], list[MethodSpec]]) -> list[dict]:
         """Adapt every episode with every method: one row per (episode, method)."""

@@ -6,7 +6,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from engine.manifest import ShardInfo
-from engine.stream import RecordStream, epoch_plan
+from engine.stream import RecordStream, epoch_plan, split_support
 from hyperflow.errors import UserError
 
 SIZES = [7, 5, 9, 3, 6]  # 30 records; 30 % 4 != 0 and uneven shards
@@ -42,6 +42,16 @@ def test_plan_is_seeded_by_seed_and_epoch():
     assert a == epoch_plan(_shards(), 2, 4, seed=0, epoch=0)
     assert a != epoch_plan(_shards(), 2, 4, seed=0, epoch=1)
     assert a != epoch_plan(_shards(), 2, 4, seed=1, epoch=0)
+
+
+def test_each_rank_keeps_its_share_across_epochs_in_a_new_order():
+    # fixed shares keep per-record caches of a rank warm; the order still changes every epoch
+    plans = [epoch_plan(_shards(), 3, 4, seed=2, epoch=e) for e in range(3)]
+    for rank in range(3):
+        shares = [_flat(p[rank]) for p in plans]
+        assert all(sorted(x) == sorted(shares[0]) for x in shares)
+        assert len({tuple(x) for x in shares}) == 3
+    assert plans[0][0] != epoch_plan(_shards(), 3, 4, seed=3, epoch=0)[0]
 
 
 def test_shuffle_buffer_keeps_reads_local():
@@ -112,11 +122,15 @@ def test_collated_batch_and_pickling(tmp_path, make_store, fmt):
     T1, P = recs[0].theta.shape
     assert b["theta"].dtype == torch.float32 and b["theta"].shape == (len(b["ids"]), T1, P)
     assert b["loss"].dtype == torch.float32 and b["loss"].shape == (len(b["ids"]), T1)
+    supports, labels = split_support(b)
+    assert b["sizes"].tolist() == [len(byid[i].labels) for i in b["ids"]]
     for k, i in enumerate(b["ids"]):
         r = byid[i]
         assert torch.equal(b["theta"][k], torch.from_numpy(r.theta).half().float())
-        assert b["support"][k].dtype == torch.uint8 and b["support"][k].shape == r.support.shape
-        assert torch.equal(b["labels"][k], torch.from_numpy(r.labels))
+        assert supports[k].dtype == torch.uint8 and torch.equal(
+            supports[k], torch.from_numpy(r.support)
+        )
+        assert torch.equal(labels[k], torch.from_numpy(r.labels))
     raw = next(iter(RecordStream(tmp_path, fmt, 0, 1, batch_size=4, seed=0, collated=False)))
     assert [r.id for r in raw] == b["ids"]
 

@@ -115,6 +115,7 @@ def test_drift_for_another_layout_is_refused(cli, tiny_target, tmp_path):
         (["--episodes", "0"], "--episodes"),
         (["--methods", "direct,telepathy"], "telepathy"),
         (["--set", "evaluate.episodez=3"], "evaluate.episodez"),
+        (["--set", "evaluate.encode_chunk=-1"], "encode_chunk"),
     ],
 )
 def test_bad_input_is_a_clear_error(cli, tiny_target, tmp_path, argv, needle):

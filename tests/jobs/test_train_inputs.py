@@ -27,14 +27,20 @@ def test_cached_inputs_equal_fresh_ones_and_stay_bounded(tiny_model, episodes):
     net = DriftNet(tiny_model.layout, DriftConfig(), tiny_model.backbone, tiny_model.feature_dim, 5)
     batch = {
         "ids": [f"r{i}" for i in range(len(episodes))],
-        "support": [ep.support_x for ep in episodes],
-        "labels": [ep.support_y for ep in episodes],
-    }
+        "support": torch.cat([ep.support_x for ep in episodes]),
+        "labels": torch.cat([ep.support_y for ep in episodes]),
+        "sizes": torch.tensor([len(ep.support_y) for ep in episodes]),
+    }  # as engine.stream.collate lays a batch out
     fresh = support_inputs(net, tiny_model, batch, SupportCache(0))
     cache = SupportCache(3)  # smaller than the batch: some records are evicted on the way
     first = support_inputs(net, tiny_model, batch, cache)
+    assert cache.misses == len(episodes)  # every record encoded once
     again = support_inputs(net, tiny_model, batch, cache)
-    assert len(cache) == 3
+    assert len(cache) == 3 and len(episodes) < cache.misses < 2 * len(episodes)
+    big = SupportCache(len(episodes))
+    support_inputs(net, tiny_model, batch, big)
+    support_inputs(net, tiny_model, batch, big)
+    assert big.misses == len(episodes)  # the second pass is all hits
     for got in (first, again):
         torch.testing.assert_close(got[0], fresh[0])
         # records encoded in batches of other make-up: E[x^2] - mu^2 rounds a little differently

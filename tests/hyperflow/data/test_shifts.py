@@ -47,6 +47,9 @@ def test_shift_families_do_what_their_names_say(glyph_like):
     assert grad(f["blur"]) < 0.5 * grad(x[:, 0].astype(np.float32))
     moved = (f["elastic"] > 127) != ink
     assert moved.mean() > 0.01  # strokes displaced
+    for before, after in zip(x[:8, 0], f["tone"][:8]):  # one output level per input level
+        assert all(np.ptp(after[before == v]) <= 1 for v in np.unique(before))
+    assert (f["tone"][:, 0, 0] != 0).mean() > 0.5  # the background level moves
 
 
 def test_stronger_params_shift_more(glyph_like):

@@ -56,6 +56,14 @@ def test_batched_stats_match_each_episode_alone(tiny_model, episodes):
     torch.testing.assert_close(features, plain)  # the hooks do not change the forward pass
     for b, (x, y) in enumerate(supports):
         torch.testing.assert_close(stats[b], _reference(tiny_model, x, y), rtol=1e-4, atol=1e-4)
+    for chunk in (1, 7, len(images)):  # chunked passes (7 does not divide N) give the same
+        with torch.no_grad():
+            f, st = support_site_stats(
+                tiny_model.backbone, tiny_model.layout, images, [y for _, y in supports], chunk
+            )
+        torch.testing.assert_close(f, features, rtol=1e-5, atol=1e-5)
+        # convolution over other batch sizes rounds differently; E[x^2] - mu^2 magnifies it
+        torch.testing.assert_close(st, stats, rtol=1e-3, atol=1e-3)
 
 
 def test_stats_ignore_image_and_class_order_but_see_a_contrast_shift(tiny_model, episodes):
