@@ -215,6 +215,11 @@ def run(args: argparse.Namespace) -> None:
 def _loader(stream: EpochStream, tc) -> DataLoader:
     if not tc.loader_workers:
         return DataLoader(stream, batch_size=None)
+    # Batches cross from workers as shared-memory tensors. The default "file_descriptor"
+    # strategy passes each tensor's fd over a socket: ~1 ms per tensor on the trainer's side,
+    # measured here, 6 ms per 5-tensor batch against 1.8 ms with named segments (torch's
+    # shm manager still unlinks them when the processes exit).
+    torch.multiprocessing.set_sharing_strategy("file_system")
     # Each worker's first batch of an epoch needs ~shuffle_buffer / workers records read first:
     # let it run that far ahead so the read hides behind steps instead of stalling one.
     ahead = math.ceil(tc.shuffle_buffer / (tc.batch_size * tc.loader_workers)) + 2
