@@ -112,8 +112,9 @@ class EvaluateConfig:
     solver_steps: list[int] = field(default_factory=lambda: [1, 5, 20, 50])
     # HyperFlow runs the support set through the encoder this many images at a time (0: all at
     # once). Exact: features and site moments are per image. Its peak memory is then one chunk's
-    # activations; the gradient baselines tune on the whole support set at once, as usual.
-    encode_chunk: int = 5
+    # activations, at the price of one more forward call per chunk; the gradient baselines tune on
+    # the whole support set at once, as usual.
+    encode_chunk: int = 0
     workers: int = 2
     seed: int = 1000
 

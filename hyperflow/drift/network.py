@@ -42,6 +42,11 @@ from hyperflow.errors import UserError
 from hyperflow.interpolants import check_interpolant
 
 _CTX, _LOCAL = 16, 32  # per-coordinate head: layer-context size, hidden width
+# Normalised site statistics are squashed smoothly into (-3, 3): a shift family collection never
+# saw puts them far outside the training range, where the MLPs would extrapolate linearly.
+# Measured on the quickstart (held-out, 30 episodes/domain, same store): cubic@20 75.0 -> 75.4,
+# cubic@50 75.2 -> 75.7, linear@1 75.8 -> 75.7.
+_SQUASH = 3.0
 
 
 @dataclass(frozen=True)
@@ -166,7 +171,8 @@ class DriftNet(nn.Module):
         if not self.n_stats:
             return Task(embedding)
         assert stats is not None, "this drift network is conditioned on site statistics"
-        return Task(embedding, (stats.float() - self.stat_offset) / self.stat_scale)
+        z = (stats.float() - self.stat_offset) / self.stat_scale
+        return Task(embedding, _SQUASH * torch.tanh(z / _SQUASH))
 
     def encode_tasks(self, supports: list[tuple[Tensor, Tensor]], chunk: int = 0) -> Task:
         """Per episode (x float [Ns, C, H, W] normalised, y int64 [Ns] in 0..way-1; any way and
