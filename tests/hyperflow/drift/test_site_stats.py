@@ -100,6 +100,17 @@ def test_stats_conditioned_drift_depends_on_them_and_round_trips(tmp_path, tiny_
     with torch.no_grad():
         again = loaded(theta, t, loaded.encode_tasks(supports[:1]))
     torch.testing.assert_close(again, v)
+    # far outside the fitted range (an unseen shift) the task's statistics stay bounded; inside
+    # it they stay close to the plain normalised values
+    x, y = supports[0]
+    with torch.no_grad():
+        features, raw = net.support_inputs(x, [y])
+        wild = net.make_task(features, [y], raw * 1e4).stats
+        tame = net.make_task(features, [y], raw).stats
+    assert 2.9 < wild.abs().max() <= 3.0  # tanh rounds to 1 in float32 far out
+    plain = (raw - net.stat_offset) / net.stat_scale
+    inside = plain.abs() < 1
+    torch.testing.assert_close(tame[inside], plain[inside], rtol=0.05, atol=0.05)
 
 
 def test_site_stats_need_the_target_encoder():
