@@ -14,6 +14,7 @@ from hyperflow.data.dataset import Dataset
 from hyperflow.data.episodes import sample_episode
 from hyperflow.errors import UserError
 from hyperflow.evaluation.worker import EpisodeJob, MethodSpec
+from hyperflow.solvers import SOLVERS
 
 HYPERFLOW_METHODS = {
     "hyperflow_linear": "linear",
@@ -58,6 +59,12 @@ def method_specs(
     (encoding the support `chunk` images at a time, 0: all at once)."""
     if chunk < 0:
         raise UserError(f"evaluate.encode_chunk must be >= 0 (0: whole support set), got {chunk}")
+    if any(name in HYPERFLOW_METHODS for name in names):  # fail here, not in a Ray actor
+        if solver not in SOLVERS:
+            raise UserError(f"evaluate.solver {solver!r} unknown; choose one of {sorted(SOLVERS)}")
+        bad = [k for k in solver_steps if isinstance(k, bool) or not isinstance(k, int) or k < 1]
+        if bad or not solver_steps:
+            raise UserError(f"evaluate.solver_steps must be integers >= 1, got {solver_steps}")
     specs = []
     for name in names:
         if name in GRADIENT_METHODS:

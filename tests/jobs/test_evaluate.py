@@ -116,6 +116,8 @@ def test_drift_for_another_layout_is_refused(cli, tiny_target, tmp_path):
         (["--methods", "direct,telepathy"], "telepathy"),
         (["--set", "evaluate.episodez=3"], "evaluate.episodez"),
         (["--set", "evaluate.encode_chunk=-1"], "encode_chunk"),
+        (["--methods", "hyperflow_linear", "--set", "evaluate.solver=heun"], "heun"),
+        (["--methods", "hyperflow_linear", "--set", "evaluate.solver_steps=[5,0]"], "solver_steps"),
     ],
 )
 def test_bad_input_is_a_clear_error(cli, tiny_target, tmp_path, argv, needle):
