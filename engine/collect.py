@@ -50,6 +50,7 @@ class CollectSpec:
     sigma: float
     shard_size: int  # episodes per shard
     theta_dtype: str
+    theta_encoding: str  # engine.stores.encoding
     seed: int
 
     @classmethod
@@ -76,6 +77,7 @@ class CollectSpec:
             sigma=cc.sigma,
             shard_size=cc.shard_size,
             theta_dtype=cc.theta_dtype,
+            theta_encoding=cc.theta_encoding,
             seed=cc.seed,
         )
 
@@ -194,7 +196,8 @@ class Collector:
             final = STORES[fmt].shard_path(self.store, name)
             if final.exists():  # renamed by a writer that died before reporting: not committed
                 shutil.rmtree(final) if final.is_dir() else final.unlink()
-            infos.append(write_shard(self.store, fmt, name, records, self.spec.theta_dtype))
+            encoding = (self.spec.theta_dtype, self.spec.theta_encoding)
+            infos.append(write_shard(self.store, fmt, name, records, *encoding))
         done = time.perf_counter()
         return {
             "index": index,

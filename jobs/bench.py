@@ -19,6 +19,7 @@ BENCHES = {
     "simulate": "jobs.benches.simulate",
     "collect": "jobs.benches.collect",
     "stream": "jobs.benches.stream",
+    "adapt": "jobs.benches.adapt",
 }
 
 
@@ -28,6 +29,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", help="a pretrained target directory (default: untrained backbone)")
     p.add_argument("--episodes", type=int, default=16, help="episodes (trajectories) to time")
     p.add_argument("--json", action="store_true", help="print only the JSON result")
+    p.add_argument(
+        "--drift",
+        help="adapt: a `hyperflow train` directory (default: an untrained drift network of the "
+        "config's train settings, which adapts at the same cost)",
+    )
 
 
 def run(args: argparse.Namespace) -> None:

@@ -18,6 +18,7 @@ from engine.collect import CollectSpec, collect, shard_episodes
 from engine.pool import check_reachable, connect, resolve_address
 from engine.record import THETA_DTYPES, make_id
 from engine.stores import open_store, remove_uncommitted, shard_name
+from engine.stores.encoding import THETA_ENCODINGS
 from hyperflow.config import load_config
 from hyperflow.data import load_dataset
 from hyperflow.data.episodes import sample_episode
@@ -57,6 +58,10 @@ def _check_numbers(cc, episodes: int, workers: int) -> None:
             raise UserError(f"{key}={value!r} is out of range")
     if cc.theta_dtype not in THETA_DTYPES:
         raise UserError(f"collect.theta_dtype {cc.theta_dtype!r} is not one of {THETA_DTYPES}")
+    if cc.theta_encoding not in THETA_ENCODINGS:
+        raise UserError(
+            f"collect.theta_encoding {cc.theta_encoding!r} is not one of {sorted(THETA_ENCODINGS)}"
+        )
 
 
 def run(args: argparse.Namespace) -> None:

@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> None:
     heldout = [d for d in domains if data.domains[d].split == "heldout"]
     curves = _curves(pool, jobs, methods, heldout or domains, drifts, ev)
     pool.shutdown()
-    memory = _memory(methods, jobs[0], init)
+    memory = measure_memory(methods, jobs[0], init)
 
     # report
     header = {
@@ -171,8 +171,9 @@ def _best_lrs(rows, candidates) -> dict[str, float]:
     return {k: v[1] for k, v in best.items()}
 
 
-def _memory(methods, job, init) -> dict[str, int]:
-    """Peak adaptation memory per method, each on a fresh single-use actor (2 at a time)."""
+def measure_memory(methods, job, init) -> dict[str, int]:
+    """Peak adaptation memory per method, each on a fresh single-use actor (2 at a time); init:
+    EvalWorker arguments. Ray must be connected."""
     remote = ray.remote(EvalWorker).options(num_cpus=1, runtime_env={"env_vars": MEASURE_ENV})
     out, todo = {}, list(methods)
     while todo:

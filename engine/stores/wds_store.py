@@ -6,14 +6,17 @@ Members of a sample, in this order (webdataset groups consecutive members by key
     <id>.labels.npy      int64 [N]
     <id>.loss.npy        float32 [T+1]
     <id>.support.npy.gz  uint8 [N, C, H, W]
-    <id>.theta.npy.gz    theta encoded per json["theta"] (see engine.stores.encoding)
+    <id>.theta.npy.gz    theta encoded per json["theta"] (see engine.stores.encoding), or
+    <id>.theta.npy       when that encoding is "raw": the float16/32 theta itself, uncompressed
 All arrays are np.save'd without pickles. `.npy.gz` is a gzip of that .npy: tar + gzip +
 numpy.load(allow_pickle=False) read it, and `webdataset.WebDataset(url).decode()` unzips it
 (its default gz pre-handler) and returns the numpy array. gzip because both plain Python
 and webdataset decode it; zstd would need an extra package, and .npz only adds a zip
 container around the same deflate. Compressing members (not the whole tar) keeps
 random access by member offset. Measured (T=20, P=5000, 25x1x32x32 support): a float16
-delta2 record takes 0.39x the raw float32 bytes (raw float16 .npy: 0.50x).
+delta2 record takes 0.39x the raw float32 bytes. Encoding "raw" trades bytes for read speed:
+its theta member is a plain .npy, which a loader reads without inflating (quickstart records:
+39 KB -> 58 KB, 0.52x the raw float32 bytes; the loader's CPU per batch halves, docs/scale.md).
 The tar bytes are deterministic: fixed order, mtime, owner, mode, and gzip with mtime=0.
 
 Reading is on the trainer's hot path (a loader worker decodes every record of every epoch), so
@@ -25,6 +28,8 @@ time. Anything else (pax or GNU headers, other .npy versions) falls back to tarf
 import gzip
 import io
 import json
+import mmap
+import os
 import re
 import tarfile
 import zlib
@@ -61,13 +66,13 @@ def _load_npy(data: bytes) -> np.ndarray:
     return np.load(io.BytesIO(data), allow_pickle=False)
 
 
-def _tar_index(f) -> list[tuple[str, int, int]] | None:
-    """(name, data offset, size) of each member of a plain ustar archive, in order; None when a
-    header is not a plain file header with a valid checksum (then tarfile reads the shard)."""
+def _tar_index(buf) -> list[tuple[str, int, int]] | None:
+    """(name, data offset, size) of each member of a plain ustar archive held in the bytes-like
+    `buf`, in order; None when a header is not a plain file header with a valid checksum (then
+    tarfile reads the shard)."""
     out, pos = [], 0
     while True:
-        f.seek(pos)
-        block = f.read(512)
+        block = buf[pos : pos + 512]
         if len(block) < 512 or block == bytes(512):  # end-of-archive marker (or truncated)
             return out if block == bytes(512) else None
         stored = block[148:156].strip(b"\0 ")
@@ -105,7 +110,11 @@ def _members(r: TrajectoryRecord, encoding: str) -> list[tuple[str, bytes]]:
         ("labels.npy", _npy(r.labels)),
         ("loss.npy", _npy(r.loss)),
         ("support.npy.gz", _gz(_npy(r.support))),
-        ("theta.npy.gz", _gz(_npy(encode_theta(r.theta, encoding)))),
+        # raw theta is stored plain: a loader then reads it without inflating (the largest cost
+        # of reading a gzipped record); delta encodings only pay off compressed
+        ("theta.npy", _npy(encode_theta(r.theta, encoding)))
+        if encoding == "raw"
+        else ("theta.npy.gz", _gz(_npy(encode_theta(r.theta, encoding)))),
     ]
 
 
@@ -146,17 +155,20 @@ class WdsShardReader:
     """Random access to the samples of one tar via the member offsets (headers read once)."""
 
     def __init__(self, path: Path):
-        self._file = open(path, "rb")
+        # The shard is mapped, not read: a member is a slice of the page cache (no seek and read
+        # calls per member), and a worker's memory holds only the pages it touches.
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            self._buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
         self._samples: list[dict[str, tuple[int, int]]] = []  # [R] ext -> (offset, size)
         keys: dict[str, int] = {}
         try:
-            members = _tar_index(self._file)
+            members = _tar_index(self._buf)
             if members is None:
-                self._file.seek(0)  # tarfile starts where the file position is
-                with tarfile.open(fileobj=self._file, mode="r:") as tar:
+                with tarfile.open(fileobj=io.BytesIO(self._buf), mode="r:") as tar:
                     members = [(m.name, m.offset_data, m.size) for m in tar]
         except BaseException:
-            self._file.close()
+            self.close()
             raise
         for name, offset, size in members:
             key, ext = name.split(".", 1)
@@ -170,8 +182,7 @@ class WdsShardReader:
 
     def _member(self, i: int, ext: str) -> bytes:
         off, size = self._samples[i][ext]
-        self._file.seek(off)
-        data = self._file.read(size)
+        data = self._buf[off : off + size]
         return zlib.decompress(data, wbits=31) if ext.endswith(".gz") else data  # one gzip member
 
     def read(self, i: int) -> TrajectoryRecord:
@@ -179,17 +190,17 @@ class WdsShardReader:
         head = json.loads(self._member(i, "json"))
         assert head["schema_version"] == SCHEMA_VERSION, f"schema {head['schema_version']}"
         t = head["theta"]
+        theta = "theta.npy" if t["encoding"] == "raw" else "theta.npy.gz"  # see _members
         return TrajectoryRecord(
             id=head["id"],
             episode=head["episode"],
             support=_load_npy(self._member(i, "support.npy.gz")),
             labels=_load_npy(self._member(i, "labels.npy")),
-            theta=decode_theta(
-                _load_npy(self._member(i, "theta.npy.gz")), t["encoding"], t["dtype"]
-            ),
+            theta=decode_theta(_load_npy(self._member(i, theta)), t["encoding"], t["dtype"]),
             loss=_load_npy(self._member(i, "loss.npy")),
             meta=head["meta"],
         )
 
     def close(self) -> None:
-        self._file.close()
+        if isinstance(self._buf, mmap.mmap):
+            self._buf.close()

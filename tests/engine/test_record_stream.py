@@ -1,12 +1,13 @@
 import math
 import pickle
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
 from engine.manifest import ShardInfo
-from engine.stream import RecordStream, epoch_plan, split_support
+from engine.stream import RecordStream, epoch_plan, keep, split_support
 from hyperflow.errors import UserError
 
 SIZES = [7, 5, 9, 3, 6]  # 30 records; 30 % 4 != 0 and uneven shards
@@ -79,8 +80,12 @@ def _run(root, fmt, world, workers, epoch=0, seed=0):
     for rank in range(world):
         stream = RecordStream(root, fmt, rank, world, batch_size=3, seed=seed, shuffle_buffer=4)
         stream.set_epoch(epoch)
-        dl = DataLoader(stream, batch_size=None, num_workers=workers)
-        out.append([b["ids"] for b in dl])
+        dl = DataLoader(stream, batch_size=None, num_workers=workers, collate_fn=keep)
+        batches = list(dl)
+        # the small arrays cross pickled, the two large ones as (shared-memory) tensors
+        assert all(isinstance(b["loss"], np.ndarray) for b in batches)
+        assert all(isinstance(b["theta"], torch.Tensor) for b in batches)
+        out.append([b["ids"] for b in batches])
         assert len(out[-1]) == len(stream)
     return out
 
@@ -121,7 +126,7 @@ def test_collated_batch_and_pickling(tmp_path, make_store, fmt):
     byid = {r.id: r for r in recs}
     T1, P = recs[0].theta.shape
     assert b["theta"].dtype == torch.float32 and b["theta"].shape == (len(b["ids"]), T1, P)
-    assert b["loss"].dtype == torch.float32 and b["loss"].shape == (len(b["ids"]), T1)
+    assert b["loss"].dtype == np.float32 and b["loss"].shape == (len(b["ids"]), T1)
     supports, labels = split_support(b)
     assert b["sizes"].tolist() == [len(byid[i].labels) for i in b["ids"]]
     for k, i in enumerate(b["ids"]):

@@ -19,6 +19,7 @@ from engine.stores import (
     remove_uncommitted,
     write_shard,
 )
+from engine.stores.encoding import THETA_ENCODINGS
 from engine.stores.zarr_store import ZarrShardReader
 from hyperflow.errors import UserError
 
@@ -29,10 +30,11 @@ def _as(records, dtype):
 
 @pytest.mark.parametrize("fmt", sorted(STORES))
 @pytest.mark.parametrize("dtype", ["float16", "float32", None])
-def test_roundtrip_equal_in_stored_dtype(tmp_path, config, make_records, fmt, dtype):
+@pytest.mark.parametrize("encoding", sorted(THETA_ENCODINGS))
+def test_roundtrip_equal_in_stored_dtype(tmp_path, config, make_records, fmt, dtype, encoding):
     recs = make_records(7)
     open_store(tmp_path, config, [fmt])
-    info = write_shard(tmp_path, fmt, "shard-000003", recs, theta_dtype=dtype)
+    info = write_shard(tmp_path, fmt, "shard-000003", recs, dtype, encoding)
     assert info.records == 7 and info.ids == [r.id for r in recs]
     assert sum(info.domains.values()) == 7 and info.bytes > 0
     back = list(read_shard(tmp_path, fmt, "shard-000003"))
@@ -173,6 +175,18 @@ def test_plain_webdataset_reads_shards(tmp_path, make_store):
         assert np.array_equal(s["support.npy.gz"], r.support)
         assert np.array_equal(s["labels.npy"], r.labels) and np.array_equal(s["loss.npy"], r.loss)
         assert s["json"]["episode"] == r.episode
+
+
+def test_raw_theta_is_a_plain_npy_member_webdataset_decodes(tmp_path, config, make_records):
+    recs = _as(make_records(3), "float16")
+    open_store(tmp_path, config, ["wds"])
+    write_shard(tmp_path, "wds", "shard-000001", recs, "float16", "raw")
+    url = str(tmp_path / "wds" / "shard-000001.tar")
+    got = list(webdataset.WebDataset(url, shardshuffle=False).decode())
+    assert [s["__key__"] for s in got] == [r.id for r in recs]
+    for s, r in zip(got, recs, strict=True):
+        assert "theta.npy.gz" not in s and s["json"]["theta"]["encoding"] == "raw"
+        assert s["theta.npy"].dtype == np.float16 and np.array_equal(s["theta.npy"], r.theta)
 
 
 def test_zarr_reader_block_cache_boundaries(tmp_path, config, make_records):

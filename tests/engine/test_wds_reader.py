@@ -35,27 +35,26 @@ def test_npy_fast_parse_equals_np_load(a):
     assert got.flags.writeable  # torch.from_numpy warns on read-only arrays
 
 
-def _tar(members: list[tuple[str, bytes]], fmt=tarfile.PAX_FORMAT) -> io.BytesIO:
+def _tar(members: list[tuple[str, bytes]], fmt=tarfile.PAX_FORMAT) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
         for name, data in members:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-    buf.seek(0)
-    return buf
+    return buf.getvalue()
 
 
 def test_tar_index_equals_tarfile_and_declines_extensions():
     members = [(f"k{i}.{ext}", bytes(range(i % 7)) * (i * 97)) for i in range(9) for ext in "ab"]
     buf = _tar(members)
-    ref = [(m.name, m.offset_data, m.size) for m in tarfile.open(fileobj=buf, mode="r:")]
+    ref = [(m.name, m.offset_data, m.size) for m in tarfile.open(fileobj=io.BytesIO(buf))]
     assert _tar_index(buf) == ref and [r[0] for r in ref] == [n for n, _ in members]
     long_name = [("x" * 150 + ".json", b"{}")]  # needs a pax header
     assert _tar_index(_tar(long_name)) is None
-    broken = bytearray(_tar(members).getvalue())
+    broken = bytearray(_tar(members))
     broken[3] ^= 0xFF  # a name byte: the header checksum no longer matches
-    assert _tar_index(io.BytesIO(bytes(broken))) is None
+    assert _tar_index(bytes(broken)) is None
 
 
 def test_reader_falls_back_to_tarfile_for_pax_members(tmp_path, make_records):
@@ -69,7 +68,7 @@ def test_reader_falls_back_to_tarfile_for_pax_members(tmp_path, make_records):
             info = tarfile.TarInfo(name)
             info.size, info.pax_headers = len(data), {"comment": "from another writer"}
             tar.addfile(info, io.BytesIO(data))
-    assert _tar_index(open(path, "rb")) is None
+    assert _tar_index(path.read_bytes()) is None
     reader = WdsStore.open(path)
     got = reader.read(0)
     reader.close()

@@ -121,8 +121,16 @@ def test_rerun_on_complete_store_says_complete_and_changes_nothing(local_store, 
         (["--set", "collect.workers=0"], ["collect.workers=0"]),
         (["--set", "collect.shard_size=0"], ["collect.shard_size=0"]),
         (["--run", "a.b"], ["'a.b'"]),
+        (["--set", "collect.theta_encoding=zip"], ["collect.theta_encoding", "'zip'"]),
     ],
-    ids=["way-too-large", "workers-0", "config-workers-0", "shard-size-0", "run-with-dot"],
+    ids=[
+        "way-too-large",
+        "workers-0",
+        "config-workers-0",
+        "shard-size-0",
+        "run-with-dot",
+        "unknown-encoding",
+    ],
 )
 def test_bad_input_is_refused_before_anything_is_written(
     extra, expected, untrained_target, tmp_path, capsys

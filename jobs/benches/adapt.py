@@ -1,0 +1,129 @@
+"""Adaptation cost: HyperFlow against bias-tuning, per episode, measured as `hyperflow evaluate`
+measures it (DESIGN.md section 6: time <= 1%, peak memory <= 10% of bias-tuning's).
+
+Seconds: one EvalWorker in this process with one intra-op thread (as each evaluate actor has)
+adapts the same held-out episodes with every method; only the adaptation is timed, not the query
+classification. Peak memory: a fresh Ray actor per method, resident high-water mark of one
+adaptation after a warm-up (hyperflow/evaluation/memory.py). `floor_forward` is one plain forward
+pass of the support set through the target, the least any method that reads the support through
+the target can cost: HyperFlow's task encoding is that pass plus the site-statistics hooks.
+
+Without --drift an untrained drift network of the config's train settings stands in: its cost is
+the trained one's (same architecture, same passes). Without --target, an untrained target.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from engine.pool import connect
+from hyperflow.config import Config, load_config
+from hyperflow.data import load_dataset
+from hyperflow.data.episodes import EpisodeSpec, build_episode
+from hyperflow.drift import DriftConfig, DriftNet, read_drift_meta, save_drift
+from hyperflow.evaluation.plan import HYPERFLOW_METHODS, episode_jobs, method_specs
+from hyperflow.evaluation.worker import EvalWorker
+from hyperflow.model import TargetModel, load_target, save_target
+from jobs.evaluate import measure_memory
+
+TARGETS = {"time_ratio_max": 0.01, "memory_ratio_max": 0.10}  # DESIGN.md section 6
+BIAS_LR = 0.03  # any lr costs the same; the quickstart's
+
+
+def bench(args) -> dict:
+    cfg = load_config(args.config, args.set)
+    tmp = Path(tempfile.mkdtemp(prefix="hf-bench-adapt-"))
+    try:
+        target = args.target or _untrained_target(cfg, tmp / "target")
+        model = load_target(target)
+        drift = args.drift or _untrained_drift(cfg, model, tmp / "drift")
+        return _measure(args, cfg, target, drift, model)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _measure(args, cfg: Config, target: str, drift: str, model: TargetModel) -> dict:
+    ev, ec = cfg.evaluate, cfg.episodes
+    data = load_dataset(
+        cfg.data.dataset, model.cfg.image_size, model.cfg.channels, cfg.data.cache_dir
+    )
+    domains = data.names("heldout") or data.names()
+    per_domain = math.ceil(args.episodes / len(domains))
+    jobs = episode_jobs(data, domains, per_domain, ec.way, ec.shot, ec.query, ev.seed)
+    interp = read_drift_meta(drift)["interpolant"]
+    drifts = {interp: drift}  # as evaluate keys them
+    worker = EvalWorker(target, cfg.data.dataset, cfg.data.cache_dir, drifts, threads=1)
+    lrs = {"bias_tuning": cfg.adapt.lr.get("bias_tuning", BIAS_LR)}
+    methods = method_specs(
+        ["bias_tuning", _method_of(interp)],
+        lrs,
+        cfg.adapt.steps,
+        drifts,
+        ev.solver,
+        ev.solver_steps,
+        ev.encode_chunk,
+    )
+    worker.run((jobs[:1], methods))  # warm-up: first calls set up kernels and thread pools
+    seconds = defaultdict(list)
+    for row in worker.run((jobs, methods)):
+        seconds[row["method"]].append(row["seconds"])
+    floor = _forward_seconds(worker, jobs)
+    connect(None)
+    init = {"target_dir": target, "dataset": cfg.data.dataset, "cache_dir": cfg.data.cache_dir}
+    memory = measure_memory(methods, jobs[0], {**init, "drift_dirs": drifts})
+
+    bias = sum(seconds["bias_tuning"]) / len(jobs)
+    out = {"bench": "adapt", "episodes": len(jobs), "threads": 1, "methods": {}}
+    for m in methods:
+        secs = sum(seconds[m.name]) / len(jobs)
+        out["methods"][m.name] = {
+            "seconds_per_episode": secs,
+            "peak_memory_bytes": memory[m.name],
+            "time_ratio": secs / bias,
+            "memory_ratio": memory[m.name] / max(1, memory["bias_tuning"]),
+        }
+    one = out["methods"][methods[1].name]  # HyperFlow at the fewest solver steps
+    out["floor_forward_seconds"] = floor
+    out["floor_time_ratio"] = floor / bias
+    out["targets"] = TARGETS
+    out["meets"] = {
+        "time": one["time_ratio"] <= TARGETS["time_ratio_max"],
+        "memory": one["memory_ratio"] <= TARGETS["memory_ratio_max"],
+    }
+    return out
+
+
+def _method_of(interpolant: str) -> str:
+    return next(k for k, v in HYPERFLOW_METHODS.items() if v == interpolant)
+
+
+@torch.inference_mode()
+def _forward_seconds(worker: EvalWorker, jobs) -> float:
+    """Mean seconds of one plain target forward pass over an episode's support set."""
+    model, total = worker.model, 0.0
+    for job in jobs:
+        x = model.preprocess(build_episode(worker.data, EpisodeSpec.from_json(job.spec)).support_x)
+        start = time.perf_counter()
+        model.backbone(x)
+        total += time.perf_counter() - start
+    return total / len(jobs)
+
+
+def _untrained_target(cfg: Config, path: Path) -> str:
+    save_target(TargetModel(cfg.target).eval(), path)
+    return str(path)
+
+
+def _untrained_drift(cfg: Config, model: TargetModel, path: Path) -> str:
+    tc = cfg.train
+    drift_cfg = DriftConfig(tc.size, tc.encoder, tc.interpolant, tc.site_stats)
+    net = DriftNet(model.layout, drift_cfg, model.backbone, model.feature_dim, cfg.adapt.steps)
+    save_drift(net, path, {"bench": "untrained stand-in"})
+    return str(path)
