@@ -27,6 +27,10 @@ from hyperflow.model import load_target, target_id
 _COLLECT_STREAM = 2  # Collector.episode's random stream, apart from the sampler's
 
 
+# spec keys added after stores were first written, with the value those stores were written with
+IMPLIED_BY_OLDER_STORES = {"theta_encoding": "delta2"}
+
+
 @dataclass(frozen=True)
 class CollectSpec:
     """Everything that determines a store's contents; it is also the manifest's config."""

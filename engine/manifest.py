@@ -90,17 +90,21 @@ class Manifest:
         return cls(root, d["config"], d["formats"], [ShardInfo(**s) for s in d["shards"]])
 
     @classmethod
-    def create_or_open(cls, root: Path, config: dict, formats: list[str]) -> "Manifest":
+    def create_or_open(
+        cls, root: Path, config: dict, formats: list[str], implied: dict | None = None
+    ) -> "Manifest":
         """New manifest, or the existing one if it has the same schema, config and formats.
 
         Refuses (UserError naming the first differing key) to mix stores of different configs.
+        implied: config keys that stores written before the key existed lack, with the value
+        they were written with (compared as if present).
         """
         assert formats and all(isinstance(f, str) for f in formats), f"bad formats {formats!r}"
         config = json.loads(json.dumps(config))  # compare as it will read back (tuples->lists)
         root = Path(root)
         if (root / MANIFEST).is_file():
             m = cls.load(root)
-            key = _first_difference(m.config, config)
+            key = _first_difference({**(implied or {}), **m.config}, config)
             if key is not None:
                 raise UserError(
                     f"store {root} was written with a different config: key {key!r} differs "

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from engine.collect import CollectSpec, collect, shard_episodes
+from engine.collect import IMPLIED_BY_OLDER_STORES, CollectSpec, collect, shard_episodes
 from engine.pool import check_reachable, connect, resolve_address
 from engine.record import THETA_DTYPES, make_id
 from engine.stores import open_store, remove_uncommitted, shard_name
@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> None:
             raise UserError(f"collect shift {s!r} unknown; choose from {sorted(SHIFTS)}")
     spec = CollectSpec.from_config(cfg, model, args.target, domains, args.run)
     config = {**spec.manifest_config(), "episodes": episodes}
-    manifest = open_store(out, config, formats)
+    manifest = open_store(out, config, formats, IMPLIED_BY_OLDER_STORES)
     removed = remove_uncommitted(out)
     if removed:
         print(f"removed {len(removed)} uncommitted leftovers: {', '.join(removed[:4])}")

@@ -48,11 +48,13 @@ def _store(fmt: str):
     return STORES[fmt]
 
 
-def open_store(root: Path, config: dict, formats: list[str]) -> Manifest:
+def open_store(
+    root: Path, config: dict, formats: list[str], implied: dict | None = None
+) -> Manifest:
     """Driver only: create or re-open STORE (see Manifest.create_or_open) and its format roots."""
     for f in formats:
         _store(f)
-    m = Manifest.create_or_open(root, config, formats)
+    m = Manifest.create_or_open(root, config, formats, implied)
     for f in formats:
         STORES[f].prepare(m.root)
     return m

@@ -46,6 +46,16 @@ def test_refuses_other_config_naming_the_key(tmp_path, config, change, key):
         Manifest.create_or_open(tmp_path, {**config, **change}, ["wds"])
 
 
+def test_a_key_older_stores_lack_compares_as_its_implied_value(tmp_path, config):
+    Manifest.create_or_open(tmp_path, config, ["wds"])  # written before "codec" existed
+    implied = {"codec": "old"}
+    Manifest.create_or_open(tmp_path, {**config, "codec": "old"}, ["wds"], implied)
+    with pytest.raises(UserError, match="'codec'"):
+        Manifest.create_or_open(tmp_path, {**config, "codec": "new"}, ["wds"], implied)
+    with pytest.raises(UserError, match="'codec'"):  # nothing implied: a new key differs
+        Manifest.create_or_open(tmp_path, {**config, "codec": "old"}, ["wds"])
+
+
 def test_refuses_missing_key(tmp_path, config):
     Manifest.create_or_open(tmp_path, config, ["wds"])
     with pytest.raises(UserError, match="'target'"):
