@@ -129,7 +129,7 @@ def keep(batch):
 def split_support(batch: dict) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Per record (support uint8 [N_i, C, H, W], labels int64 [N_i]) of a collate() batch."""
     sizes = batch["sizes"].tolist()
-    labels = torch.from_numpy(batch["labels"])
+    labels = torch.as_tensor(batch["labels"])  # numpy from collate(); a tensor also works
     return list(batch["support"].split(sizes)), list(labels.split(sizes))
 
 

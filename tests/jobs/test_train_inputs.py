@@ -1,6 +1,7 @@
 """The trainer's bounded cache of frozen-encoder inputs: LRU order, capacity, and that cached
 inputs equal freshly computed ones."""
 
+import numpy as np
 import torch
 
 from hyperflow.drift import DriftConfig, DriftNet
@@ -28,8 +29,8 @@ def test_cached_inputs_equal_fresh_ones_and_stay_bounded(tiny_model, episodes):
     batch = {
         "ids": [f"r{i}" for i in range(len(episodes))],
         "support": torch.cat([ep.support_x for ep in episodes]),
-        "labels": torch.cat([ep.support_y for ep in episodes]),
-        "sizes": torch.tensor([len(ep.support_y) for ep in episodes]),
+        "labels": torch.cat([ep.support_y for ep in episodes]).numpy(),
+        "sizes": np.array([len(ep.support_y) for ep in episodes]),
     }  # as engine.stream.collate lays a batch out
     fresh = support_inputs(net, tiny_model, batch, SupportCache(0))
     cache = SupportCache(3)  # smaller than the batch: some records are evicted on the way
