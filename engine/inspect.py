@@ -6,15 +6,15 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
-from engine.checksum import check_shard
+from engine.checksum import verify_shards
+from engine.errors import UserError
 from engine.manifest import Manifest, config_hash
 from engine.record import THETA_DTYPES, TrajectoryRecord
 from engine.stores import STORES, open_store, read_shard, write_shard
 from engine.stores.encoding import THETA_ENCODINGS
-from hyperflow.errors import UserError
 
 
-def inspect_store(root: Path, verify: bool = False) -> dict:
+def inspect_store(root, verify: bool = False) -> dict:
     """Counts, bytes and per-domain records of a store; with verify, re-hash every shard.
 
     `records` and `domains` count distinct records (from the format holding most of them);
@@ -22,7 +22,7 @@ def inspect_store(root: Path, verify: bool = False) -> dict:
     """
     m = Manifest.load(root)
     if not m.shards:
-        raise UserError(f"store {root} has no committed shards")
+        raise UserError(f"store {m.root} has no committed shards")
     per = {}
     for fmt in m.formats:
         ss = m.shards_of(fmt)
@@ -45,7 +45,7 @@ def inspect_store(root: Path, verify: bool = False) -> dict:
         "per_format": per,
     }
     if verify:
-        problems = {s.path: check_shard(root, s) for s in m.shards}
+        problems = verify_shards(m.loc, m.shards)
         bad = sorted(p for p, msgs in problems.items() if msgs)
         out["verify"] = {
             "ok": not bad,

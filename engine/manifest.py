@@ -1,34 +1,60 @@
-"""manifest.json: the list of committed shards of a store, and the config they belong to.
+"""The commit protocol: which shards of a store exist, and the config they belong to.
 
-A shard exists for readers only once it is listed here. Only the driver process writes the
-manifest; each rewrite goes to a temp file that is fsynced and then os.replace'd, so a crash
-leaves either the old or the new manifest, never a torn one.
+A shard exists for readers only once its *commit object* exists:
+
+    STORE/commits/<format>/<shard>.json    one per committed shard, written last (ShardInfo with
+                                           its record ids, and size + sha256 of every object)
+    STORE/manifest.json                    the compaction: config, formats and every compacted
+                                           shard's ShardInfo without ids
+
+Object stores have atomic PUT and no rename, so nothing here renames: a writer puts a shard's
+objects under keys nothing references yet, then the driver puts the commit object. A commit
+therefore costs one small PUT whatever the store's size; manifest.json is rewritten only now and
+then (when the commits since the last compaction reach a quarter of those compacted, so the
+bytes rewritten per commit stay bounded) and at the end. Opening a store reads manifest.json and
+lists the commit objects, reading those newer than the compaction; it never loads every record
+id. Only the driver writes commits and the manifest.
 """
 
+from __future__ import annotations
+
+import bisect
 import hashlib
 import json
-import os
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass, field, replace
 
+from engine.errors import UserError
 from engine.record import SCHEMA_VERSION
-from hyperflow.errors import UserError
+from engine.storage import Location, location
 
 MANIFEST = "manifest.json"
+COMMITS = "commits"
+_COMPACT_MIN = 64  # uncompacted commits before the first compaction
+_COMPACT_RATIO = 0.25  # later: when uncompacted >= this share of the compacted ones
 
 
 @dataclass
 class ShardInfo:
-    """What the driver learns from a writer about one committed shard."""
+    """One committed shard of one format: what its writer wrote, as its commit object says."""
 
     name: str  # "shard-000012"; the same name in every format
     format: str  # key of engine.stores.STORES
-    path: str  # relative to the store root, e.g. "wds/shard-000012.tar"
+    path: str  # key of the shard relative to the store root, e.g. "wds/shard-000012.tar"
     records: int
-    bytes: int  # total size of the shard's files
-    sha256: str  # engine.checksum.sha256_path of the shard
-    ids: list[str] = field(default_factory=list)  # [records], in shard order
+    bytes: int  # total size of the shard's objects
+    objects: dict[str, list] = field(default_factory=dict)  # key -> [size, sha256 hex]
+    first_id: str = ""  # smallest and largest record id (ids of shards never overlap)
+    last_id: str = ""
     domains: dict[str, int] = field(default_factory=dict)  # records per episode domain
+    ids: list[str] | None = None  # [records] in shard order; only in the commit object
+
+    def summary(self) -> ShardInfo:
+        """Without the id list: what manifest.json and readers keep."""
+        return replace(self, ids=None)
+
+
+def commit_key(fmt: str, name: str) -> str:
+    return f"{COMMITS}/{fmt}/{name}.json"
 
 
 def config_hash(config: dict) -> str:
@@ -50,50 +76,77 @@ def _first_difference(old, new, prefix: str = "") -> str | None:
     return None if old == new else prefix.rstrip(".") or "<config>"
 
 
-def _write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)  # persist the rename itself
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+def _info(d: dict) -> ShardInfo:
+    return ShardInfo(**d)
 
 
 class Manifest:
-    """In-memory view of STORE/manifest.json; `commit` rewrites the file atomically."""
+    """The committed shards of a store. Readers: `load`; the driver: `create_or_open`, `commit`,
+    and `compact` at the end (commit compacts now and then by itself)."""
 
-    def __init__(self, root: Path, config: dict, formats: list[str], shards: list[ShardInfo]):
-        self.root = Path(root)
+    def __init__(self, loc: Location, config: dict, formats: list[str], shards: list[ShardInfo]):
+        self.loc = loc
         self.config = config
         self.formats = list(formats)
-        self.shards = shards  # commit order == read order
-        self._done = {(s.name, s.format) for s in shards}
-        self._ids = {f: {i for s in shards if s.format == f for i in s.ids} for f in formats}
+        self._by_format: dict[str, dict[str, ShardInfo]] = {f: {} for f in formats}
+        self._ranges: dict[str, list[tuple[str, str, str]]] = {f: [] for f in formats}
+        self._compacted = 0  # shards in manifest.json as last written or read
+        for s in shards:
+            self._add(s.summary())
+
+    @property
+    def root(self) -> str:
+        """The store's URL (or absolute local path)."""
+        return self.loc.url
+
+    @property
+    def shards(self) -> list[ShardInfo]:
+        """Every committed shard, by format then name (a canonical order: what streams)."""
+        return [s for f in self.formats for s in self.shards_of(f)]
+
+    def shards_of(self, fmt: str) -> list[ShardInfo]:
+        """Committed shards of one format, sorted by name."""
+        return [v for _, v in sorted(self._by_format.get(fmt, {}).items())]
+
+    def committed(self, name: str, fmt: str) -> bool:
+        """True if shard `name` is committed in format `fmt`."""
+        return name in self._by_format.get(fmt, {})
 
     @classmethod
-    def load(cls, root: Path) -> "Manifest":
-        """Open an existing store's manifest read-only; UserError if there is none."""
-        path = Path(root) / MANIFEST
-        if not path.is_file():
-            raise UserError(f"no trajectory store at {root}: {path} does not exist")
-        d = json.loads(path.read_text())
+    def load(cls, root) -> Manifest:
+        """Open an existing store read-only; UserError if there is none."""
+        loc = root if isinstance(root, Location) else location(root)
+        try:
+            blob = loc.read_bytes(MANIFEST)
+        except FileNotFoundError:
+            raise UserError(
+                f"no trajectory store at {loc.url}: {MANIFEST} does not exist"
+            ) from None
+        d = json.loads(blob)
         if d.get("schema_version") != SCHEMA_VERSION:
             raise UserError(
-                f"store {root} has schema_version {d.get('schema_version')!r}, "
+                f"store {loc.url} has schema_version {d.get('schema_version')!r}, "
                 f"this code reads {SCHEMA_VERSION}"
             )
-        return cls(root, d["config"], d["formats"], [ShardInfo(**s) for s in d["shards"]])
+        m = cls(loc, d["config"], d["formats"], [_info(s) for s in d["shards"]])
+        m._compacted = len(d["shards"])
+        newer = [
+            commit_key(f, name[: -len(".json")])
+            for f in m.formats
+            for name in loc.list(f"{COMMITS}/{f}")
+            if name.endswith(".json")
+            and not name.startswith(".")  # a local temp file of a killed driver
+            and not m.committed(name[: -len(".json")], f)
+        ]
+        if newer:  # one batched read (concurrent requests on object stores)
+            blobs = loc.fs.cat([loc.path(k) for k in newer])
+            for k in newer:
+                m._add(_info(json.loads(blobs[loc.path(k)])).summary())
+        return m
 
     @classmethod
-    def create_or_open(
-        cls, root: Path, config: dict, formats: list[str], implied: dict | None = None
-    ) -> "Manifest":
-        """New manifest, or the existing one if it has the same schema, config and formats.
+    def create_or_open(cls, root, config: dict, formats: list[str], implied: dict | None = None):
+        """New store, or the existing one if it has the same schema, config and formats.
 
         Refuses (UserError naming the first differing key) to mix stores of different configs.
         implied: config keys that stores written before the key existed lack, with the value
@@ -101,59 +154,74 @@ class Manifest:
         """
         assert formats and all(isinstance(f, str) for f in formats), f"bad formats {formats!r}"
         config = json.loads(json.dumps(config))  # compare as it will read back (tuples->lists)
-        root = Path(root)
-        if (root / MANIFEST).is_file():
-            m = cls.load(root)
+        loc = root if isinstance(root, Location) else location(root)
+        if loc.exists(MANIFEST):
+            m = cls.load(loc)
             key = _first_difference({**(implied or {}), **m.config}, config)
             if key is not None:
                 raise UserError(
-                    f"store {root} was written with a different config: key {key!r} differs "
+                    f"store {loc.url} was written with a different config: key {key!r} differs "
                     f"(config_hash {config_hash(m.config)} vs {config_hash(config)}); "
-                    "use a new store directory"
+                    "use a new store location"
                 )
             if m.formats != list(formats):
                 raise UserError(
-                    f"store {root} holds formats {m.formats}, not {list(formats)}; "
-                    "use the same --format or a new store directory"
+                    f"store {loc.url} holds formats {m.formats}, not {list(formats)}; "
+                    "use the same --format or a new store location"
                 )
             return m
-        root.mkdir(parents=True, exist_ok=True)
-        m = cls(root, config, formats, [])
-        m._write()
+        m = cls(loc, config, formats, [])
+        m.compact()
         return m
 
-    def committed(self, name: str, fmt: str) -> bool:
-        """True if shard `name` is committed in format `fmt`."""
-        return (name, fmt) in self._done
+    def _add(self, info: ShardInfo) -> None:
+        self._by_format[info.format][info.name] = info
+        bisect.insort(self._ranges[info.format], (info.first_id, info.last_id, info.name))
 
-    def shards_of(self, fmt: str) -> list[ShardInfo]:
-        """Committed shards of one format, in commit order."""
-        return [s for s in self.shards if s.format == fmt]
+    def _overlap(self, info: ShardInfo) -> str | None:
+        # name of a committed shard whose id range meets info's; ranges are disjoint, so only
+        # the neighbours in sorted order can
+        ranges = self._ranges[info.format]
+        k = bisect.bisect_left(ranges, (info.first_id, info.last_id, info.name))
+        for lo, hi, name in ranges[max(0, k - 1) : k + 1]:
+            if lo <= info.last_id and info.first_id <= hi:
+                return name
+        return None
 
     def commit(self, info: ShardInfo) -> None:
-        """Append a written shard and rewrite manifest.json; duplicate shards/ids are bugs."""
+        """Write the shard's commit object (its id list included); duplicates are bugs."""
         if info.format not in self.formats:
             raise ValueError(f"shard {info.name}: format {info.format!r} not in {self.formats}")
         if self.committed(info.name, info.format):
             raise ValueError(f"shard {info.name} ({info.format}) is already committed")
-        seen = self._ids[info.format]
-        dup = next((i for i in info.ids if i in seen), None)
-        if dup is not None or len(set(info.ids)) != len(info.ids):
-            raise ValueError(f"shard {info.name} repeats record id {dup or 'within itself'}")
-        assert len(info.ids) == info.records, f"shard {info.name}: ids/records mismatch"
-        self.shards.append(info)
-        self._done.add((info.name, info.format))
-        seen.update(info.ids)
-        self._write()
+        ids = info.ids or []
+        if len(ids) != info.records or len(set(ids)) != len(ids):
+            raise ValueError(f"shard {info.name} repeats record ids within itself")
+        if (info.first_id, info.last_id) != (min(ids), max(ids)):
+            raise ValueError(f"shard {info.name}: first_id/last_id do not match its ids")
+        other = self._overlap(info)
+        if other is not None:
+            raise ValueError(
+                f"shard {info.name} repeats record ids: [{info.first_id}, {info.last_id}] "
+                f"overlaps shard {other}"
+            )
+        self.loc.write_bytes(commit_key(info.format, info.name), json.dumps(asdict(info)).encode())
+        self._add(info.summary())
+        pending = sum(len(v) for v in self._by_format.values()) - self._compacted
+        if pending >= max(_COMPACT_MIN, _COMPACT_RATIO * self._compacted):
+            self.compact()
 
-    def _write(self) -> None:
-        _write_json_atomic(
-            self.root / MANIFEST,
-            {
-                "schema_version": SCHEMA_VERSION,
-                "config": self.config,
-                "config_hash": config_hash(self.config),
-                "formats": self.formats,
-                "shards": [asdict(s) for s in self.shards],
-            },
-        )
+    def compact(self) -> None:
+        """Rewrite manifest.json with every shard committed so far (one atomic object write)."""
+        shards = self.shards
+        doc = {
+            "schema_version": SCHEMA_VERSION,
+            "config": self.config,
+            "config_hash": config_hash(self.config),
+            "formats": self.formats,
+            "layout": "see engine/stores/__init__.py; commits/<format>/<shard>.json list shards "
+            "committed after this file was written",
+            "shards": [asdict(s) for s in shards],
+        }
+        self.loc.write_bytes(MANIFEST, json.dumps(doc, indent=0).encode())
+        self._compacted = len(shards)

@@ -18,7 +18,7 @@ import ray
 from ray._private import ray_constants
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
-from hyperflow.errors import UserError
+from engine.errors import UserError
 
 _DEAD = (RayActorError, ActorDiedError, ActorUnavailableError)
 

@@ -21,16 +21,15 @@ complete: by 3., about shuffle_buffer + batch_size * num_workers records at most
 """
 
 import math
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from engine.errors import UserError
 from engine.manifest import Manifest, ShardInfo
 from engine.record import TrajectoryRecord
 from engine.stores import STORES, open_shard
-from hyperflow.errors import UserError
 
 
 def _buffer_shuffle(items: list, size: int, rng: np.random.Generator) -> list:
@@ -71,6 +70,34 @@ def _read_sequence(shards: list[ShardInfo], world_size: int, seed: int, epoch: i
     return seq
 
 
+def rank_plan(
+    shards: list[ShardInfo],
+    world_size: int,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    rank: int,
+    shuffle_buffer: int = 256,
+) -> list[list[tuple[str, int]]]:
+    """plan[step] = rank's batch as [(shard name, index in shard)]; see module docstring. Needs
+    only this rank's share: a worker never computes the other ranks' plans."""
+    if world_size < 1 or batch_size < 1:
+        raise UserError(f"world_size {world_size} and batch_size {batch_size} must be >= 1")
+    n = sum(s.records for s in shards)
+    if n == 0:
+        raise UserError("no records to stream: the store has no committed shards")
+    steps = math.ceil(math.ceil(n / world_size) / batch_size)
+    if n // world_size < steps:  # the smallest share must fill every step
+        raise UserError(
+            f"{n} records over world_size {world_size} with batch_size {batch_size} would "
+            f"give a rank an empty batch; use batch_size >= 2 or more records"
+        )
+    part = _read_sequence(shards, world_size, seed, epoch, rank)
+    part = _buffer_shuffle(part, shuffle_buffer, np.random.default_rng([seed, epoch, rank]))
+    bounds = np.linspace(0, len(part), steps + 1).round().astype(int)
+    return [part[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
 def epoch_plan(
     shards: list[ShardInfo],
     world_size: int,
@@ -79,24 +106,10 @@ def epoch_plan(
     epoch: int,
     shuffle_buffer: int = 256,
 ) -> list[list[list[tuple[str, int]]]]:
-    """plan[rank][step] = batch as [(shard name, index in shard)]; see module docstring."""
-    if world_size < 1 or batch_size < 1:
-        raise UserError(f"world_size {world_size} and batch_size {batch_size} must be >= 1")
+    """plan[rank][step] for every rank (rank_plan of each)."""
+    args = (world_size, batch_size, seed, epoch)
+    plan = [rank_plan(shards, *args, r, shuffle_buffer) for r in range(world_size)]
     n = sum(s.records for s in shards)
-    if n == 0:
-        raise UserError("no records to stream: the store has no committed shards")
-    steps = math.ceil(math.ceil(n / world_size) / batch_size)
-    plan = []
-    for rank in range(world_size):
-        part = _read_sequence(shards, world_size, seed, epoch, rank)
-        if len(part) < steps:
-            raise UserError(
-                f"{n} records over world_size {world_size} with batch_size {batch_size} would "
-                f"give rank {rank} an empty batch; use batch_size >= 2 or more records"
-            )
-        part = _buffer_shuffle(part, shuffle_buffer, np.random.default_rng([seed, epoch, rank]))
-        bounds = np.linspace(0, len(part), steps + 1).round().astype(int)
-        plan.append([part[a:b] for a, b in zip(bounds[:-1], bounds[1:])])
     assert sum(len(b) for p in plan for b in p) == n, f"plan does not cover all {n} records"
     return plan
 
@@ -145,7 +158,7 @@ class RecordStream(IterableDataset):
 
     def __init__(
         self,
-        root: Path,
+        root: str,
         fmt: str,
         rank: int,
         world_size: int,
@@ -157,15 +170,16 @@ class RecordStream(IterableDataset):
     ):
         m = Manifest.load(root)
         if fmt not in STORES or fmt not in m.formats:
-            raise UserError(f"store {root} has formats {m.formats}, not {fmt!r}")
+            raise UserError(f"store {m.root} has formats {m.formats}, not {fmt!r}")
         if not 0 <= rank < world_size:
             raise UserError(f"rank {rank} not in [0, world_size={world_size})")
-        self.root, self.fmt, self.rank, self.world_size = Path(root), fmt, rank, world_size
+        # the URL (a string) goes to the loader workers; each opens the storage itself
+        self.root, self.fmt, self.rank, self.world_size = m.root, fmt, rank, world_size
         self.batch_size, self.seed, self.shuffle_buffer = batch_size, seed, shuffle_buffer
         self.epoch, self.collated = epoch, collated
         self.start = 0  # batches of this epoch to skip (resuming mid-epoch)
         self.shards = m.shards_of(fmt)  # fixed at construction: later commits wait a restart
-        epoch_plan(self.shards, world_size, batch_size, seed, epoch, shuffle_buffer)  # fail early
+        self.plan()  # fail early
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         """Stream epoch `epoch` from its batch `start` on (0 <= start <= len(self))."""
@@ -175,8 +189,8 @@ class RecordStream(IterableDataset):
 
     def plan(self) -> list[list[tuple[str, int]]]:
         """This rank's batches for the current epoch."""
-        args = (self.world_size, self.batch_size, self.seed, self.epoch, self.shuffle_buffer)
-        return epoch_plan(self.shards, *args)[self.rank]
+        args = (self.world_size, self.batch_size, self.seed, self.epoch, self.rank)
+        return rank_plan(self.shards, *args, self.shuffle_buffer)
 
     def __len__(self) -> int:
         n = sum(s.records for s in self.shards)
@@ -237,8 +251,8 @@ class EpochStream(IterableDataset):
         first = 0  # position of this epoch's first batch in the run's sequence
         epoch, start = self.epoch, self.start
         while True:
-            args = (s.world_size, s.batch_size, s.seed, epoch, s.shuffle_buffer)
-            plan = epoch_plan(s.shards, *args)[s.rank][start:]
+            args = (s.world_size, s.batch_size, s.seed, epoch, s.rank, s.shuffle_buffer)
+            plan = rank_plan(s.shards, *args)[start:]
             mine = [j for j in range(len(plan)) if (first + j) % nw == wid]
             for k, records in enumerate(s._read(epoch, [plan[j] for j in mine])):
                 yield epoch, start + mine[k], collate(records) if s.collated else records

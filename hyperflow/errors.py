@@ -1,5 +1,6 @@
-"""The one exception type for bad user input: the CLI prints its message and exits 2."""
+"""The one exception type for bad user input (defined with the engine, which the method builds
+on): the CLI prints its message and exits 2."""
 
+from engine.errors import UserError
 
-class UserError(ValueError):
-    """Bad input from the user (config, dataset spec, paths, flags); the message names the value."""
+__all__ = ["UserError"]

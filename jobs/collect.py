@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import argparse
 import math
-from pathlib import Path
 
 from tqdm import tqdm
 
-from engine.collect import IMPLIED_BY_OLDER_STORES, CollectSpec, collect, shard_episodes
+from engine.collect import collect
 from engine.pool import check_reachable, connect, resolve_address
 from engine.record import THETA_DTYPES, make_id
+from engine.storage import check_access, location
 from engine.stores import open_store, remove_uncommitted, shard_name
 from engine.stores.encoding import THETA_ENCODINGS
 from hyperflow.config import load_config
@@ -25,6 +25,12 @@ from hyperflow.data.episodes import sample_episode
 from hyperflow.data.shifts import SHIFTS
 from hyperflow.errors import UserError
 from hyperflow.model import load_target
+from hyperflow.simulator import (
+    IMPLIED_BY_OLDER_STORES,
+    BiasTuningSimulator,
+    CollectSpec,
+    shard_episodes,
+)
 from jobs.common import add_config_args, positive_int
 
 FORMATS = {"zarr": ["zarr"], "wds": ["wds"], "both": ["zarr", "wds"]}
@@ -32,8 +38,12 @@ FORMATS = {"zarr": ["zarr"], "wds": ["wds"], "both": ["zarr", "wds"]}
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config_args(p)
-    p.add_argument("--target", required=True, help="directory written by `hyperflow pretrain`")
-    p.add_argument("--out", required=True, help="store directory (created, or resumed)")
+    p.add_argument("--target", required=True, help="path or URL written by `hyperflow pretrain`")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="store: a local directory or a URL such as s3://bucket/prefix (created, or resumed)",
+    )
     p.add_argument("--episodes", type=positive_int, help="episodes (default: the config's)")
     p.add_argument("--format", choices=sorted(FORMATS), help="store format (default: config's)")
     p.add_argument("--workers", type=positive_int, help="Ray actors (default: the config's)")
@@ -78,15 +88,15 @@ def run(args: argparse.Namespace) -> None:
         make_id(args.run, 0, 0)  # the actors would fail on it much later
     except ValueError as e:
         raise UserError(f"--run: {e}") from None
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {str(out)!r} is an existing file, not a store directory")
     address = resolve_address(args.address)
     if address is not None:  # before the store is created: a typo must not leave one behind
         check_reachable(address)
+    out, target = location(args.out), location(args.target)
+    check_access(target, write=False, what="--target")
+    check_access(out, write=True, what="--out")  # before anything is written there
 
     # setup: validate everything before the store or Ray is touched
-    model = load_target(args.target)
+    model = load_target(target.url)
     data = load_dataset(
         cfg.data.dataset, model.cfg.image_size, model.cfg.channels, cfg.data.cache_dir
     )
@@ -98,7 +108,7 @@ def run(args: argparse.Namespace) -> None:
     for s in cc.shifts:
         if s not in SHIFTS:
             raise UserError(f"collect shift {s!r} unknown; choose from {sorted(SHIFTS)}")
-    spec = CollectSpec.from_config(cfg, model, args.target, domains, args.run)
+    spec = CollectSpec.from_config(cfg, model, target.url, domains, args.run)
     config = {**spec.manifest_config(), "episodes": episodes}
     manifest = open_store(out, config, formats, IMPLIED_BY_OLDER_STORES)
     removed = remove_uncommitted(out)
@@ -109,16 +119,21 @@ def run(args: argparse.Namespace) -> None:
         i for i in range(n_shards) if not all(manifest.committed(shard_name(i), f) for f in formats)
     ]
     if not todo:
-        print(f"store {out} is complete: {n_shards} shards, {episodes * cc.inits} trajectories")
+        print(f"store {out.url} is complete: {n_shards} shards, {episodes * cc.inits} trajectories")
         return
     connect(address)
-    init = {
-        "spec": spec,
-        "target_dir": str(Path(args.target).resolve()),
-        "store": str(out.resolve()),
+    writer = {
+        "simulator": BiasTuningSimulator,
+        "simulator_kwargs": {
+            "spec": spec,
+            "target_dir": target.url,  # absolute path or URL: every node reads it there
+            "cache_dir": cfg.data.cache_dir,
+            "total": episodes,
+        },
+        "store": out.url,
         "formats": formats,
-        "cache_dir": cfg.data.cache_dir,
-        "total": episodes,
+        "theta_dtype": cc.theta_dtype,
+        "theta_encoding": cc.theta_encoding,
         "threads": max(1, int(cc.cpus_per_worker)),
     }
 
@@ -128,10 +143,9 @@ def run(args: argparse.Namespace) -> None:
     total = episodes * cc.inits
     with tqdm(total=total, initial=done_before, desc="collect", unit="traj") as bar:
         stats = collect(
-            spec,
             manifest,
             todo,
-            init,
+            writer,
             workers,
             cc.cpus_per_worker,
             cc.gpus_per_worker,
@@ -143,6 +157,6 @@ def run(args: argparse.Namespace) -> None:
         f"{100 * stats.write_fraction:.1f}% of worker time; actors replaced: {stats.replaced}"
     )
     print(
-        f"store {out}: {len(manifest.shards)} shard files, formats {formats}; "
-        f"see `hyperflow inspect {out}`"
+        f"store {out.url}: {len(manifest.shards)} shards, formats {formats}; "
+        f"see `hyperflow inspect {out.url}`"
     )

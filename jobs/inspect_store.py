@@ -12,7 +12,9 @@ from engine.inspect import format_report, inspect_store
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("store", help="a store directory written by `hyperflow collect`")
+    p.add_argument(
+        "store", help="a store written by `hyperflow collect`: a directory or a URL (s3://...)"
+    )
     p.add_argument("--verify", action="store_true", help="recompute and check every checksum")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 

@@ -44,3 +44,52 @@ def make_episode():
 @pytest.fixture
 def episodes():
     return [_make_episode(s) for s in range(4)]
+
+
+# --- a real S3 endpoint on loopback -----------------------------------------------------------
+# moto's ThreadedMotoServer, as s3fs and zarr-python use in their own suites: a real HTTP server
+# speaking the S3 API; code reaches it only through AWS_ENDPOINT_URL, like any S3 endpoint.
+S3_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "hyperflow-test-key",
+    "AWS_SECRET_ACCESS_KEY": "hyperflow-test-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """URL of an S3 server on 127.0.0.1 for this test session."""
+    import logging
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_endpoint, monkeypatch, request):
+    """A fresh bucket: {"url": "s3://<bucket>", "bucket": name, "env": the variables a process
+    needs to reach it}. The variables are also set in this process for the test."""
+    import re
+    import uuid
+
+    import boto3
+
+    env = {"AWS_ENDPOINT_URL": s3_endpoint, **S3_CREDENTIALS}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    stem = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-")
+    bucket = f"{stem}-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
+    import fsspec
+
+    fsspec.filesystem("s3").invalidate_cache()  # listings cached by an earlier test's bucket
+    return {"url": f"s3://{bucket}", "bucket": bucket, "env": env}

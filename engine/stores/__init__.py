@@ -1,39 +1,38 @@
-"""Trajectory stores: the format registry and the shard life cycle.
+"""Trajectory stores: the format registry and the shard life cycle, on any storage.
 
-STORE/
-  manifest.json          committed shards (engine.manifest); written only by the driver
-  traj.zarr/<shard>/     "zarr" format (engine.stores.zarr_store)
-  wds/<shard>.tar        "wds" format (engine.stores.wds_store)
-  .tmp/                  shards being written; never read, wiped by remove_uncommitted
+STORE/                                 a local directory or a URL prefix (engine.storage)
+  manifest.json                        compaction of the commits (engine.manifest)
+  commits/<format>/<shard>.json        one commit object per shard and format, written last
+  traj.zarr/zarr.json                  "zarr" format root group (engine.stores.zarr_store)
+  traj.zarr/<shard>/                   one Zarr v3 group per shard
+  wds/<shard>.tar                      "wds" format (engine.stores.wds_store)
 
 Life cycle: the driver calls `open_store` (creates or re-opens the manifest, refusing a
 different config, and prepares each format's root), then `remove_uncommitted`. Each writer
-calls `write_shard` for names it owns: the shard is written whole under .tmp/, fsynced,
-hashed and renamed into place, and the returned ShardInfo goes back to the driver, which
-calls `Manifest.commit`. Readers see only shards listed in the manifest.
+calls `write_shard` for names it owns: the shard is encoded whole in memory, hashed, and put
+object by object under its final keys, which nothing references until the driver commits the
+returned ShardInfo (`Manifest.commit`). Readers see only committed shards. Without this
+package: read `manifest.json` and `commits/*/*.json` for the shard list, then plain `zarr`,
+`tar` + `numpy` or `webdataset` for the shards.
 """
 
-import os
+import hashlib
 import re
-import shutil
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 
-from engine.checksum import sha256_path, size_path, tree_files
-from engine.manifest import MANIFEST, Manifest, ShardInfo
+from engine.errors import UserError
+from engine.manifest import COMMITS, MANIFEST, Manifest, ShardInfo
 from engine.record import THETA_DTYPES, TrajectoryRecord, validate_record
+from engine.storage import Location, location
 from engine.stores.encoding import DEFAULT_ENCODING, THETA_ENCODINGS
 from engine.stores.wds_store import WdsStore
 from engine.stores.zarr_store import ZarrStore
-from hyperflow.errors import UserError
 
 STORES = {"zarr": ZarrStore, "wds": WdsStore}
-TMP = ".tmp"
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -48,40 +47,35 @@ def _store(fmt: str):
     return STORES[fmt]
 
 
-def open_store(
-    root: Path, config: dict, formats: list[str], implied: dict | None = None
-) -> Manifest:
+def _loc(root) -> Location:
+    return root if isinstance(root, Location) else location(root)
+
+
+def open_store(root, config: dict, formats: list[str], implied: dict | None = None) -> Manifest:
     """Driver only: create or re-open STORE (see Manifest.create_or_open) and its format roots."""
     for f in formats:
         _store(f)
-    m = Manifest.create_or_open(root, config, formats, implied)
+    m = Manifest.create_or_open(_loc(root), config, formats, implied)
     for f in formats:
-        STORES[f].prepare(m.root)
+        STORES[f].prepare(m.loc)
     return m
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_shard(
-    root: Path,
+    root,
     fmt: str,
     name: str,
     records: list[TrajectoryRecord],
     theta_dtype: str | None = "float16",
     theta_encoding: str = DEFAULT_ENCODING,
 ) -> ShardInfo:
-    """Write `records` as shard `name` of format `fmt`, atomically; return its ShardInfo.
+    """Write `records` as shard `name` of format `fmt`; return its ShardInfo (to commit).
 
     theta is cast to `theta_dtype` (None keeps each record's dtype) and stored losslessly
-    with `theta_encoding` (engine.stores.encoding). Does not touch the manifest.
+    with `theta_encoding` (engine.stores.encoding). Every object is written whole (atomic per
+    object); the shard is invisible to readers until the driver commits the ShardInfo.
     """
-    store, root = _store(fmt), Path(root)
+    store, loc = _store(fmt), _loc(root)
     assert _NAME.match(name), f"shard name {name!r} must match {_NAME.pattern}"
     assert records, f"shard {name}: no records"
     assert theta_dtype in (None, *THETA_DTYPES), (
@@ -107,50 +101,34 @@ def write_shard(
         assert r.support.shape[1:] == r0.support.shape[1:], (
             f"shard {name}: record {r.id} image {r.support.shape[1:]} != {r0.support.shape[1:]}"
         )
-    final = store.shard_path(root, name)
-    assert final.parent.is_dir(), f"{final.parent} missing: call open_store({root}) first"
-    if final.exists():
-        raise FileExistsError(f"shard {final} already exists (one writer per shard name)")
-    (root / TMP).mkdir(exist_ok=True)
-    tmp = root / TMP / f"{fmt}-{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        store.write(tmp, recs, theta_encoding)
-        for p in tree_files(tmp):  # data durable before the rename makes it visible
-            _fsync(p)
-        info = ShardInfo(
-            name=name,
-            format=fmt,
-            path=final.relative_to(root).as_posix(),
-            records=len(recs),
-            bytes=size_path(tmp),
-            sha256=sha256_path(tmp),
-            ids=ids,
-            domains=dict(Counter(str(r.episode.get("domain", "unknown")) for r in recs)),
-        )
-        os.rename(tmp, final)
-        _fsync(final.parent)
-    except BaseException:
-        _remove(tmp)
-        raise
-    return info
+    assert loc.exists(MANIFEST), f"no store at {loc.url}: call open_store({loc.url!r}) first"
+    key = store.shard_key(name)
+    objects = store.encode(key, recs, theta_encoding)  # store-relative key -> bytes
+    for k, data in objects.items():
+        loc.write_bytes(k, data)
+    return ShardInfo(
+        name=name,
+        format=fmt,
+        path=key,
+        records=len(recs),
+        bytes=sum(len(d) for d in objects.values()),
+        objects={k: [len(d), hashlib.sha256(d).hexdigest()] for k, d in sorted(objects.items())},
+        first_id=min(ids),
+        last_id=max(ids),
+        domains=dict(Counter(str(r.episode.get("domain", "unknown")) for r in recs)),
+        ids=ids,
+    )
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    else:
-        path.unlink(missing_ok=True)
-
-
-def open_shard(root: Path, fmt: str, name: str):
+def open_shard(root, fmt: str, name: str):
     """Random-access reader of one shard: len(reader), reader.read(i), reader.close()."""
-    path = _store(fmt).shard_path(root, name)
-    if not path.exists():
-        raise UserError(f"shard {name} ({fmt}) not found at {path}")
-    return STORES[fmt].open(path)
+    loc, key = _loc(root), _store(fmt).shard_key(name)
+    if not loc.exists(key):
+        raise UserError(f"shard {name} ({fmt}) not found at {loc.child(key).url}")
+    return STORES[fmt].open(loc, key)
 
 
-def read_shard(root: Path, fmt: str, name: str) -> Iterator[TrajectoryRecord]:
+def read_shard(root, fmt: str, name: str) -> Iterator[TrajectoryRecord]:
     """Records of one shard, in shard order."""
     reader = open_shard(root, fmt, name)
     try:
@@ -160,30 +138,28 @@ def read_shard(root: Path, fmt: str, name: str) -> Iterator[TrajectoryRecord]:
         reader.close()
 
 
-def read_records(root: Path, fmt: str | None = None) -> Iterator[TrajectoryRecord]:
+def read_records(root, fmt: str | None = None) -> Iterator[TrajectoryRecord]:
     """All committed records in manifest order, from `fmt` (default: the first format)."""
-    m = Manifest.load(root)
+    m = Manifest.load(_loc(root))
     fmt = fmt or m.formats[0]
     if fmt not in m.formats:
-        raise UserError(f"store {root} has formats {m.formats}, not {fmt!r}")
+        raise UserError(f"store {m.root} has formats {m.formats}, not {fmt!r}")
     for s in m.shards_of(fmt):
-        yield from read_shard(root, fmt, s.name)
+        yield from read_shard(m.loc, fmt, s.name)
 
 
-def remove_uncommitted(root: Path) -> list[str]:
-    """Driver only, with no writer running: delete temp leftovers and unlisted shards.
-
-    Returns the removed paths relative to root, sorted.
-    """
-    m, root = Manifest.load(root), Path(root)
-    keep = {s.path for s in m.shards}
-    doomed = sorted((root / TMP).glob("*")) if (root / TMP).is_dir() else []
-    doomed += sorted(root.glob(f".{MANIFEST}.tmp-*"))  # a driver killed mid-rewrite
+def remove_uncommitted(root) -> list[str]:
+    """Driver only, with no writer running: delete the objects of shards that have no commit
+    object, and temp files a killed process left. Lists the top level of each format's root
+    (one entry per shard), not every object. Returns the removed keys, sorted."""
+    m = Manifest.load(_loc(root))
+    loc, doomed = m.loc, []
     for fmt in m.formats:
-        parent = root / STORES[fmt].subdir
-        for p in sorted(parent.iterdir()) if parent.is_dir() else []:
-            if p.name != "zarr.json" and p.relative_to(root).as_posix() not in keep:
-                doomed.append(p)
-    for p in doomed:
-        _remove(p)
-    return sorted(p.relative_to(root).as_posix() for p in doomed)
+        store = STORES[fmt]
+        keep = {s.path for s in m.shards_of(fmt)} | {f"{store.subdir}/{n}" for n in store.keep}
+        doomed += [k for n in loc.list(store.subdir) if (k := f"{store.subdir}/{n}") not in keep]
+        doomed += [f"{COMMITS}/{fmt}/{n}" for n in loc.list(f"{COMMITS}/{fmt}") if n[0] == "."]
+    doomed += [n for n in loc.list() if n.startswith(f".{MANIFEST}.tmp-")]
+    for k in doomed:
+        loc.remove(k)
+    return sorted(doomed)

@@ -17,12 +17,16 @@ random access by member offset. Measured (T=20, P=5000, 25x1x32x32 support): a f
 delta2 record takes 0.39x the raw float32 bytes. Encoding "raw" trades bytes for read speed:
 its theta member is a plain .npy, which a loader reads without inflating (quickstart records:
 39 KB -> 58 KB, 0.52x the raw float32 bytes; the loader's CPU per batch halves, docs/scale.md).
-The tar bytes are deterministic: fixed order, mtime, owner, mode, and gzip with mtime=0.
+The tar is written by `webdataset.TarWriter` into memory and put as one object (so on object
+storage a shard appears whole or not at all); its bytes are deterministic: fixed member order,
+mtime, owner, mode, and gzip with mtime=0.
 
 Reading is on the trainer's hot path (a loader worker decodes every record of every epoch), so
 the reader indexes a shard from its ustar headers directly and parses .npy headers with a
 regex: tarfile's member objects and numpy's literal_eval header parse took ~2/3 of the read
 time. Anything else (pax or GNU headers, other .npy versions) falls back to tarfile / np.load.
+A local shard is memory-mapped; a remote one is fetched whole through the storage layer (one
+GET; shards are a few MB) and parsed the same way.
 """
 
 import gzip
@@ -33,11 +37,12 @@ import os
 import re
 import tarfile
 import zlib
-from pathlib import Path
 
 import numpy as np
+import webdataset
 
 from engine.record import SCHEMA_VERSION, TrajectoryRecord
+from engine.storage import Location
 from engine.stores.encoding import decode_recipe, decode_theta, encode_theta
 
 ROOT = "wds"
@@ -118,48 +123,49 @@ def _members(r: TrajectoryRecord, encoding: str) -> list[tuple[str, bytes]]:
     ]
 
 
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), 0, 0o444
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    tar.addfile(info, io.BytesIO(data))
-
-
 class WdsStore:
-    """Registry entry "wds": paths, root preparation, shard writer and reader."""
+    """Registry entry "wds": keys, root preparation, shard encoder and reader."""
 
     subdir = ROOT  # shards live in STORE/<subdir>/
+    keep = ()  # entries of subdir that are not shards
 
     @staticmethod
-    def shard_path(root: Path, name: str) -> Path:
-        return Path(root) / ROOT / f"{name}.tar"
+    def shard_key(name: str) -> str:
+        return f"{ROOT}/{name}.tar"
 
     @staticmethod
-    def prepare(root: Path) -> None:
-        (Path(root) / ROOT).mkdir(parents=True, exist_ok=True)
+    def prepare(loc: Location) -> None:
+        loc.makedirs(ROOT)
 
     @staticmethod
-    def write(path: Path, records: list[TrajectoryRecord], encoding: str) -> None:
-        with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
-            for r in records:
-                for ext, data in _members(r, encoding):
-                    _add(tar, f"{r.id}.{ext}", data)
+    def encode(key: str, records: list[TrajectoryRecord], encoding: str) -> dict[str, bytes]:
+        """The shard's one object at store-relative `key`: {key: tar bytes}."""
+        buf = io.BytesIO()
+        # encoder=False: members are bytes already; TarWriter writes them in sorted extension
+        # order, which _members' order is
+        sink = webdataset.TarWriter(buf, user="", group="", mtime=0, encoder=False)
+        for r in records:
+            sink.write({"__key__": r.id, **dict(_members(r, encoding))})
+        sink.close()
+        return {key: buf.getvalue()}
 
     @staticmethod
-    def open(path: Path) -> "WdsShardReader":
-        return WdsShardReader(path)
+    def open(loc: Location, key: str) -> "WdsShardReader":
+        return WdsShardReader(loc, key)
 
 
 class WdsShardReader:
     """Random access to the samples of one tar via the member offsets (headers read once)."""
 
-    def __init__(self, path: Path):
-        # The shard is mapped, not read: a member is a slice of the page cache (no seek and read
-        # calls per member), and a worker's memory holds only the pages it touches.
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            self._buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+    def __init__(self, loc: Location, key: str):
+        path = loc.local_path(key)
+        if path is None:
+            self._buf = loc.read_bytes(key)
+        else:  # mapped, not read: a member is a slice of the page cache (no read calls per
+            # member), and a worker's memory holds only the pages it touches
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                self._buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
         self._samples: list[dict[str, tuple[int, int]]] = []  # [R] ext -> (offset, size)
         keys: dict[str, int] = {}
         try:

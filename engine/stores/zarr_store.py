@@ -1,5 +1,8 @@
 """Zarr v3 shards: STORE/traj.zarr/<shard>/ is one child group per shard, written once, whole.
 
+A shard is built in a zarr MemoryStore and its objects handed to the storage layer (one whole
+PUT each, hashed on the way); readers open it with zarr's own local or fsspec store.
+
 Arrays of a shard group with R records (all core Zarr v3 codecs, so any implementation reads
 them; each array is one `sharding_indexed` file with one inner chunk per record/row block, so a
 shard is a handful of files yet a record is read without touching the others):
@@ -12,13 +15,13 @@ Group attributes (plain JSON): schema_version, records, ids, episodes, metas,
 theta = {dtype, encoding, decode} where `decode` is a numpy one-liner for plain zarr users.
 """
 
-from pathlib import Path
-
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
+from zarr.storage import MemoryStore
 
 from engine.record import SCHEMA_VERSION, TrajectoryRecord
+from engine.storage import Location
 from engine.stores.encoding import decode_recipe, decode_theta, encode_theta
 
 ROOT = "traj.zarr"
@@ -47,24 +50,38 @@ def _put(g, name: str, data: np.ndarray, rows: int, shuffle: str = "shuffle") ->
     a[...] = data
 
 
+def _objects(prefix: str, build) -> dict[str, bytes]:
+    # zarr writes into a dict we own; its keys become store-relative object keys
+    objects: dict = {}
+    build(zarr.open_group(MemoryStore(store_dict=objects), mode="w-", zarr_format=3))
+    return {f"{prefix}/{k}": v.to_bytes() for k, v in objects.items()}
+
+
 class ZarrStore:
-    """Registry entry "zarr": paths, root preparation, shard writer and reader."""
+    """Registry entry "zarr": keys, root preparation, shard encoder and reader."""
 
     subdir = ROOT  # shards live in STORE/<subdir>/
+    keep = ("zarr.json",)  # entries of subdir that are not shards
 
     @staticmethod
-    def shard_path(root: Path, name: str) -> Path:
-        return Path(root) / ROOT / name
+    def shard_key(name: str) -> str:
+        return f"{ROOT}/{name}"
 
     @staticmethod
-    def prepare(root: Path) -> None:
+    def prepare(loc: Location) -> None:
         # The root group's zarr.json is written once, by the driver, before any writer runs.
-        path = Path(root) / ROOT
-        if not (path / "zarr.json").is_file():
-            zarr.open_group(path, mode="a", zarr_format=3, attributes={"layout": "shard groups"})
+        if not loc.exists(f"{ROOT}/zarr.json"):
+            root = _objects(ROOT, lambda g: g.attrs.update({"layout": "shard groups"}))
+            for k, data in root.items():
+                loc.write_bytes(k, data)
 
     @staticmethod
-    def write(path: Path, records: list[TrajectoryRecord], encoding: str) -> None:
+    def encode(key: str, records: list[TrajectoryRecord], encoding: str) -> dict[str, bytes]:
+        """The objects of a shard group at store-relative `key`: {object key: bytes}."""
+        return _objects(key, lambda g: ZarrStore._fill(g, records, encoding))
+
+    @staticmethod
+    def _fill(g, records: list[TrajectoryRecord], encoding: str) -> None:
         dtype = records[0].theta.dtype.name
         theta = encode_theta(np.stack([r.theta for r in records]), encoding)  # [R, T+1, P]
         sizes = [len(r.support) for r in records]
@@ -82,7 +99,7 @@ class ZarrStore:
                 "decode": decode_recipe(encoding, dtype),
             },
         }
-        g = zarr.open_group(path, mode="w-", zarr_format=3, attributes=attrs)
+        g.attrs.update(attrs)
         _put(g, "theta", theta, rows=1)
         _put(g, "loss", np.stack([r.loss for r in records]), rows=len(records))
         rows = _SUPPORT_CHUNK_BYTES // support[0].nbytes
@@ -91,8 +108,8 @@ class ZarrStore:
         _put(g, "labels", np.concatenate([r.labels for r in records]), rows=len(support))
 
     @staticmethod
-    def open(path: Path) -> "ZarrShardReader":
-        return ZarrShardReader(path)
+    def open(loc: Location, key: str) -> "ZarrShardReader":
+        return ZarrShardReader(loc.child(key))
 
 
 class _RowCache:
@@ -123,13 +140,14 @@ class ZarrShardReader:
 
     def __init__(
         self,
-        path: Path,
+        loc: Location,
         theta_cache_bytes: int = _THETA_CACHE_BYTES,
         support_cache_bytes: int = _SUPPORT_CACHE_BYTES,
     ):
-        g = zarr.open_group(Path(path), mode="r")
+        # a local group through zarr's LocalStore, anything else through its fsspec store
+        g = zarr.open_group(loc.local_path() or loc.url, mode="r")
         a = g.attrs.asdict()
-        assert a["schema_version"] == SCHEMA_VERSION, f"{path}: schema {a['schema_version']}"
+        assert a["schema_version"] == SCHEMA_VERSION, f"{loc.url}: schema {a['schema_version']}"
         self._attrs = a
         self._theta = _RowCache(g["theta"], theta_cache_bytes)  # [R, T+1, P]
         self._support = _RowCache(g["support"], support_cache_bytes)  # [sumN, C, H, W]

@@ -11,13 +11,14 @@ from pathlib import Path
 
 import torch
 
-from engine.collect import Collector, CollectSpec, collect
+from engine.collect import collect
 from engine.inspect import storage_report
 from engine.pool import connect
 from engine.stores import open_store
 from hyperflow.config import load_config
 from hyperflow.data import load_dataset
 from hyperflow.model import TargetModel, load_target, save_target
+from hyperflow.simulator import BiasTuningSimulator, CollectSpec
 
 SHARDS, SHARD_SIZE = 8, 4  # 32 trajectories per measurement: enough to balance 2 workers
 
@@ -37,18 +38,15 @@ def bench(args) -> dict:
         cfg, model, target, cfg.collect.domains or data.names("base"), "bench"
     )
     spec = replace(spec, inits=1, shard_size=SHARD_SIZE)
-    init = {
-        "spec": spec,
-        "target_dir": target,
-        "formats": ["zarr", "wds"],
-        "cache_dir": cfg.data.cache_dir,
-        "total": SHARDS * SHARD_SIZE,
-        "threads": 1,
-    }
+    sim = {"spec": spec, "target_dir": target, "cache_dir": cfg.data.cache_dir}
+    sim["total"] = SHARDS * SHARD_SIZE
+    writer = {"simulator": BiasTuningSimulator, "simulator_kwargs": sim}
+    writer.update(formats=["zarr", "wds"], theta_dtype=cfg.collect.theta_dtype, threads=1)
+    writer.update(theta_encoding=cfg.collect.theta_encoding)
 
     # bare loop: the same simulator and shards, in this process, no Ray, no writing
     torch.set_num_threads(1)
-    bare = Collector(**{**init, "store": str(tmp / "unused")})
+    bare = BiasTuningSimulator(**sim)
     start = time.perf_counter()
     records = [r for i in range(SHARDS) for r in bare.records(i)]
     bare_s = time.perf_counter() - start
@@ -58,9 +56,9 @@ def bench(args) -> dict:
     engine = {}
     for workers in (1, 2):
         store = tmp / f"store-{workers}"
-        manifest = open_store(store, spec.manifest_config(), init["formats"])
+        manifest = open_store(store, spec.manifest_config(), writer["formats"])
         engine[workers] = collect(
-            spec, manifest, list(range(SHARDS)), {**init, "store": str(store)}, workers
+            manifest, list(range(SHARDS)), {**writer, "store": str(store)}, workers
         )
     storage = storage_report(records)
     one, two = engine[1], engine[2]
@@ -76,6 +74,6 @@ def bench(args) -> dict:
         "engine2_over_engine1": one.seconds / two.seconds,
         "write_fraction_1": one.write_fraction,
         "write_fraction_2": two.write_fraction,
-        "formats_written": init["formats"],
+        "formats_written": writer["formats"],
         "storage": storage,
     }

@@ -40,13 +40,13 @@ from pathlib import Path
 
 import torch
 
-from engine.collect import CollectSpec
 from engine.manifest import Manifest
-from engine.record import synthetic_records
 from engine.stores import open_store, shard_name, write_shard
 from engine.stream import RecordStream
+from engine.synthetic import synthetic_records
 from hyperflow.config import Config, load_config
 from hyperflow.model import TargetModel, load_target, save_target
+from hyperflow.simulator import CollectSpec
 
 TIMED_STEPS = 100  # warm steps measured per run
 MIN_RECORDS_PER_BATCH = 16  # store size: at least this many batches of records

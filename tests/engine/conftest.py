@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.record import synthetic_records
 from engine.stores import STORES, open_store, shard_name, write_shard
+from engine.synthetic import synthetic_records
 
 CONFIG = {"target": "conv4-test", "layout_hash": "abc123", "T": 6, "sigma": {"init": 0.0}}
 

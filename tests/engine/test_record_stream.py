@@ -7,6 +7,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from engine.manifest import ShardInfo
+from engine.stores import read_shard
 from engine.stream import RecordStream, epoch_plan, keep, split_support
 from hyperflow.errors import UserError
 
@@ -101,7 +102,7 @@ def test_stream_through_dataloader(tmp_path, make_store, fmt, world, workers):
     assert sorted(ids) == sorted(r.id for r in recs) and len(ids) == len(set(ids))
     # Worker interleaving hands batches over in plan order.
     stream = RecordStream(tmp_path, fmt, 0, world, batch_size=3, seed=0, shuffle_buffer=4)
-    names = {s.name: s.ids for s in stream.shards}
+    names = {s.name: [r.id for r in read_shard(tmp_path, fmt, s.name)] for s in stream.shards}
     assert got[0] == [[names[n][i] for n, i in batch] for batch in stream.plan()]
 
 

@@ -1,37 +1,23 @@
 import hashlib
-import shutil
 
 import pytest
 
-from engine.checksum import sha256_path, tree_files, verify
+from engine.checksum import sha256_object, verify
 from engine.inspect import inspect_store
+from engine.storage import location
 from engine.stores import STORES
 
 
-def test_file_hash_is_plain_sha256(tmp_path):
-    p = tmp_path / "x.tar"
-    p.write_bytes(b"hello" * 1000)
-    assert sha256_path(p) == hashlib.sha256(b"hello" * 1000).hexdigest()
+def test_object_hash_is_plain_sha256(tmp_path):
+    (tmp_path / "x.tar").write_bytes(b"hello" * (3 << 20))  # several read blocks
+    size, digest = sha256_object(location(tmp_path), "x.tar")
+    assert size == 15 << 20 and digest == hashlib.sha256(b"hello" * (3 << 20)).hexdigest()
 
 
-def test_dir_hash_ignores_dir_name_but_not_inner_names(tmp_path):
-    a = tmp_path / "a"
-    (a / "sub").mkdir(parents=True)
-    (a / "sub" / "f").write_bytes(b"123")
-    (a / "g").write_bytes(b"45")
-    shutil.copytree(a, tmp_path / "b")
-    assert sha256_path(a) == sha256_path(tmp_path / "b")
-    (tmp_path / "b" / "g").rename(tmp_path / "b" / "h")
-    assert sha256_path(a) != sha256_path(tmp_path / "b")
-    h = sha256_path(a)
-    (a / "g").write_bytes(b"4")  # same bytes in path order, one moved between files
-    (a / "sub" / "f").write_bytes(b"1235")
-    assert sha256_path(a) != h
-
-
-def _pick(files, which):
-    largest = max(files, key=lambda p: p.stat().st_size)
-    return {"first": files[0], "last": files[-1], "largest": largest}[which]
+def _pick(objects: dict, which: str) -> str:
+    keys = sorted(objects)
+    largest = max(keys, key=lambda k: objects[k][0])
+    return {"first": keys[0], "last": keys[-1], "largest": largest}[which]
 
 
 @pytest.mark.parametrize("fmt", sorted(STORES))
@@ -41,7 +27,7 @@ def test_flipped_byte_is_caught(tmp_path, make_store, fmt, which, where):
     m, _ = make_store(tmp_path, [3, 4], formats=[fmt])
     assert verify(tmp_path) == []
     victim = m.shards_of(fmt)[1]
-    f = _pick(tree_files(tmp_path / victim.path), which)
+    f = tmp_path / _pick(victim.objects, which)
     data = bytearray(f.read_bytes())
     pos = int(where * (len(data) - 1)) if where >= 0 else len(data) - 1
     data[pos] ^= 0x01
@@ -56,10 +42,23 @@ def test_flipped_byte_is_caught(tmp_path, make_store, fmt, which, where):
 def test_missing_and_truncated_shards_are_caught(tmp_path, make_store, fmt):
     m, _ = make_store(tmp_path, [2, 2], formats=[fmt])
     a, b = m.shards_of(fmt)
-    p = tmp_path / a.path
-    shutil.rmtree(p) if p.is_dir() else p.unlink()
-    f = tree_files(tmp_path / b.path)[-1]
+    location(tmp_path).remove(a.path)
+    f = tmp_path / sorted(b.objects)[-1]
     f.write_bytes(f.read_bytes()[:-1])
     problems = verify(tmp_path)
     assert any(a.name in x and "missing" in x for x in problems)
-    assert any(b.name in x and "bytes on disk" in x for x in problems)
+    assert any(b.name in x and "bytes, its commit says" in x for x in problems)
+
+
+def test_a_flipped_byte_on_object_storage_is_caught(s3, make_store, tmp_path):
+    url = f"{s3['url']}/store"
+    m, _ = make_store(url, [3, 2])
+    assert verify(url) == []
+    victim = m.shards_of("zarr")[0]
+    key = max(victim.objects, key=lambda k: victim.objects[k][0])
+    loc = location(url)
+    data = bytearray(loc.read_bytes(key))
+    data[len(data) // 2] ^= 0x80
+    loc.write_bytes(key, bytes(data))
+    problems = verify(url)
+    assert len(problems) == 1 and key in problems[0] and "sha256" in problems[0]

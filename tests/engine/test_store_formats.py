@@ -1,4 +1,5 @@
 import gzip
+import hashlib
 import io
 import json
 import tarfile
@@ -9,8 +10,9 @@ import pytest
 import webdataset
 import zarr
 
-from engine.checksum import sha256_path, verify
+from engine.checksum import verify
 from engine.record import record_diff
+from engine.storage import location
 from engine.stores import (
     STORES,
     open_store,
@@ -51,48 +53,57 @@ def test_both_formats_return_equal_records(tmp_path, make_store):
 
 
 @pytest.mark.parametrize("fmt", sorted(STORES))
-def test_read_records_follows_manifest_order(tmp_path, config, make_records, fmt):
+def test_read_records_follow_shard_names_whatever_the_commit_order(
+    tmp_path, config, make_records, fmt
+):
     recs = make_records(6)
     m = open_store(tmp_path, config, [fmt])
     m.commit(write_shard(tmp_path, fmt, "shard-000001", recs[3:]))
     m.commit(write_shard(tmp_path, fmt, "shard-000000", recs[:3]))
-    assert [r.id for r in read_records(tmp_path)] == [r.id for r in recs[3:] + recs[:3]]
+    assert [r.id for r in read_records(tmp_path)] == [r.id for r in recs]
 
 
 @pytest.mark.parametrize("fmt", sorted(STORES))
 def test_rewrite_is_byte_identical(tmp_path, config, make_records, fmt):
     recs = make_records(5)
-    digests = []
+    infos = []
     for k in range(2):
         open_store(tmp_path / str(k), config, [fmt])
-        digests.append(write_shard(tmp_path / str(k), fmt, "shard-000000", recs).sha256)
-    assert digests[0] == digests[1]
-    p0, p1 = (STORES[fmt].shard_path(tmp_path / str(k), "shard-000000") for k in range(2))
-    assert sha256_path(p0) == sha256_path(p1) == digests[0]
+        infos.append(write_shard(tmp_path / str(k), fmt, "shard-000000", recs))
+    assert infos[0].objects == infos[1].objects
+    for key, (size, digest) in infos[0].objects.items():  # what the commit says is on disk
+        data = (tmp_path / "1" / key).read_bytes()
+        assert len(data) == size and hashlib.sha256(data).hexdigest() == digest
 
 
 @pytest.mark.parametrize("fmt", sorted(STORES))
 def test_uncommitted_leftovers_are_ignored_then_removed(tmp_path, config, make_records, fmt):
-    recs = make_records(6)
+    recs = make_records(9)
     m = open_store(tmp_path, config, [fmt])
     m.commit(write_shard(tmp_path, fmt, "shard-000000", recs[:3]))
-    # A writer that renamed its shard but whose ShardInfo never reached the driver ...
-    write_shard(tmp_path, fmt, "shard-000001", recs[3:])
-    # ... and one killed mid-write (temp name under .tmp/).
-    (tmp_path / ".tmp").mkdir(exist_ok=True)
-    (tmp_path / ".tmp" / f"{fmt}-shard-000002-99-deadbeef").write_bytes(b"partial")
+    # A writer whose ShardInfo never reached the driver (no commit object) ...
+    write_shard(tmp_path, fmt, "shard-000001", recs[3:6])
+    # ... one killed mid-write of an object (a local temp file), and a driver killed while
+    # writing a commit object and the manifest
+    key = STORES[fmt].shard_key("shard-000002")
+    temp = key.rsplit("/", 1)[0] + "/.shard-000002.tmp-deadbeef"
+    (tmp_path / temp).write_bytes(b"partial")
+    (tmp_path / "commits" / fmt / ".shard-000002.json.tmp-0badf00d").write_bytes(b"{")
+    (tmp_path / ".manifest.json.tmp-12345678").write_bytes(b"{")
     assert [r.id for r in read_records(tmp_path)] == [r.id for r in recs[:3]]
     removed = remove_uncommitted(tmp_path)
     assert removed == sorted(
         [
-            f".tmp/{fmt}-shard-000002-99-deadbeef",
-            STORES[fmt].shard_path(tmp_path, "shard-000001").relative_to(tmp_path).as_posix(),
+            temp,
+            STORES[fmt].shard_key("shard-000001"),
+            f"commits/{fmt}/.shard-000002.json.tmp-0badf00d",
+            ".manifest.json.tmp-12345678",
         ]
     )
     assert remove_uncommitted(tmp_path) == []
     assert verify(tmp_path) == [] and len(list(read_records(tmp_path))) == 3
     # Resume: the shard can now be written again and committed.
-    m.commit(write_shard(tmp_path, fmt, "shard-000001", recs[3:]))
+    m.commit(write_shard(tmp_path, fmt, "shard-000001", recs[3:6]))
     assert len(list(read_records(tmp_path))) == 6
 
 
@@ -102,9 +113,7 @@ def test_write_shard_refusals(tmp_path, config, make_records, fmt):
     with pytest.raises(AssertionError, match="open_store"):
         write_shard(tmp_path, fmt, "shard-000000", recs)
     open_store(tmp_path, config, [fmt])
-    write_shard(tmp_path, fmt, "shard-000000", recs)
-    with pytest.raises(FileExistsError):
-        write_shard(tmp_path, fmt, "shard-000000", recs)
+    before = location(tmp_path).find()
     with pytest.raises(AssertionError, match="shard name"):
         write_shard(tmp_path, fmt, "shard.1", recs)
     mixed = [recs[0], replace(recs[1], theta=recs[1].theta[:, :10])]
@@ -112,7 +121,7 @@ def test_write_shard_refusals(tmp_path, config, make_records, fmt):
         write_shard(tmp_path, fmt, "shard-000001", mixed)
     with pytest.raises(AssertionError, match="overflows"):
         write_shard(tmp_path, fmt, "shard-000002", [replace(recs[0], theta=recs[0].theta * 1e6)])
-    assert not any((tmp_path / ".tmp").iterdir())  # failed writes leave no temp behind
+    assert location(tmp_path).find() == before  # refused before any object is written
 
 
 def test_unknown_format_is_a_user_error(tmp_path, config):
@@ -194,7 +203,7 @@ def test_zarr_reader_block_cache_boundaries(tmp_path, config, make_records):
     recs = _as(make_records(9), "float16")
     open_store(tmp_path, config, ["zarr"])
     write_shard(tmp_path, "zarr", "shard-000000", recs)
-    path = STORES["zarr"].shard_path(tmp_path, "shard-000000")
-    reader = ZarrShardReader(path, theta_cache_bytes=1, support_cache_bytes=200)
+    shard = location(tmp_path).child(STORES["zarr"].shard_key("shard-000000"))
+    reader = ZarrShardReader(shard, theta_cache_bytes=1, support_cache_bytes=200)
     for i in [0, 8, 3, 4, 5, 1, 7, 2, 6, 6]:
         assert record_diff(reader.read(i), recs[i]) == []

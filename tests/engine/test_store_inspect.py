@@ -3,9 +3,10 @@ import json
 import pytest
 
 from engine.inspect import format_report, inspect_store, storage_report
-from engine.record import THETA_DTYPES, synthetic_records
+from engine.record import THETA_DTYPES
 from engine.stores import STORES, open_store
 from engine.stores.encoding import THETA_ENCODINGS
+from engine.synthetic import synthetic_records
 from hyperflow.errors import UserError
 
 

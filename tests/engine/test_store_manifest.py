@@ -8,22 +8,56 @@ from hyperflow.errors import UserError
 
 
 def _info(name, ids, fmt="wds"):
-    return ShardInfo(name, fmt, f"{fmt}/{name}.tar", len(ids), 10, "0" * 64, ids, {"latin": 1})
+    objects = {f"{fmt}/{name}.tar": [10, "0" * 64]}
+    return ShardInfo(
+        name, fmt, f"{fmt}/{name}.tar", len(ids), 10, objects, min(ids), max(ids), {"la": 1}, ids
+    )
 
 
 def test_create_commit_reopen(tmp_path, config):
     m = Manifest.create_or_open(tmp_path, config, ["wds", "zarr"])
     assert not m.committed("shard-000000", "wds")
-    m.commit(_info("shard-000001", ["a", "b"]))
-    m.commit(_info("shard-000000", ["c"]))
-    m.commit(_info("shard-000001", ["a", "b"], fmt="zarr"))
+    m.commit(_info("shard-000001", ["c", "d"]))
+    m.commit(_info("shard-000000", ["a"]))
+    m.commit(_info("shard-000001", ["c", "d"], fmt="zarr"))
     again = Manifest.create_or_open(tmp_path, config, ["wds", "zarr"])
     assert [asdict(s) for s in again.shards] == [asdict(s) for s in m.shards]
+    assert all(s.ids is None for s in again.shards), "opening a store loads no record ids"
     assert again.committed("shard-000000", "wds") and not again.committed("shard-000000", "zarr")
-    assert [s.name for s in again.shards_of("wds")] == ["shard-000001", "shard-000000"]
+    assert [s.name for s in again.shards_of("wds")] == ["shard-000000", "shard-000001"]
     d = json.loads((tmp_path / "manifest.json").read_text())
     assert d["config_hash"] == config_hash(config) and d["schema_version"] == 1
-    assert [p.name for p in tmp_path.iterdir()] == ["manifest.json"]  # no temp file left
+    assert d["shards"] == []  # three commits: not compacted yet, read from their objects
+    commit = json.loads((tmp_path / "commits" / "wds" / "shard-000001.json").read_text())
+    assert commit["ids"] == ["c", "d"] and commit["records"] == 2
+    m.compact()
+    d = json.loads((tmp_path / "manifest.json").read_text())
+    assert [(s["name"], s["format"]) for s in d["shards"]] == [
+        ("shard-000000", "wds"),
+        ("shard-000001", "wds"),
+        ("shard-000001", "zarr"),
+    ]
+    assert all(s["ids"] is None for s in d["shards"]), "the compaction holds no id lists"
+    again = Manifest.load(tmp_path)
+    assert [asdict(s) for s in again.shards] == [asdict(s) for s in m.shards]
+    hidden = [p.name for p in tmp_path.rglob(".*")]
+    assert not hidden, f"temp files left: {hidden}"
+
+
+def test_manifest_bytes_per_commit_stay_bounded(tmp_path, config):
+    # compactions are spaced geometrically: rewriting manifest.json costs O(1) per commit
+    m = Manifest.create_or_open(tmp_path, config, ["wds"])
+    written, path = [], tmp_path / "manifest.json"
+    for k in range(600):
+        stamp = path.stat().st_mtime_ns, path.stat().st_ino
+        m.commit(_info(f"shard-{k:06d}", [f"r{k:06d}-a", f"r{k:06d}-b"]))
+        if (path.stat().st_mtime_ns, path.stat().st_ino) != stamp:
+            written.append(path.stat().st_size)
+    assert 3 <= len(written) <= 12, f"{len(written)} compactions for 600 commits"
+    per_commit = sum(written) / 600
+    one_shard = written[-1] / len(Manifest.load(tmp_path).shards)
+    assert per_commit < 6 * one_shard, (per_commit, one_shard)
+    assert len(Manifest.load(tmp_path).shards) == 600
 
 
 def test_tuples_in_config_compare_as_lists(tmp_path, config):
@@ -76,16 +110,19 @@ def test_refuses_other_schema_and_formats(tmp_path, config):
 
 def test_commit_refuses_duplicates(tmp_path, config):
     m = Manifest.create_or_open(tmp_path, config, ["wds"])
-    m.commit(_info("shard-000000", ["a", "b"]))
+    m.commit(_info("shard-000000", ["b", "c"]))
+    m.commit(_info("shard-000005", ["x", "y"]))
     with pytest.raises(ValueError, match="already committed"):
-        m.commit(_info("shard-000000", ["x"]))
-    with pytest.raises(ValueError, match="repeats record id a$"):
-        m.commit(_info("shard-000001", ["c", "a"]))
+        m.commit(_info("shard-000000", ["q"]))
+    for ids in (["a", "b"], ["c"], ["bb"], ["a", "d"], ["d", "x"], ["y", "z"], ["a", "z"]):
+        with pytest.raises(ValueError, match="overlaps shard shard-00000[05]"):
+            m.commit(_info("shard-000001", ids))
     with pytest.raises(ValueError, match="format"):
         m.commit(_info("shard-000002", ["d"], fmt="zarr"))
     with pytest.raises(ValueError, match="within itself"):
         m.commit(_info("shard-000003", ["e", "e"]))
-    assert len(Manifest.load(tmp_path).shards) == 1
+    m.commit(_info("shard-000001", ["d", "e"]))  # between the two: fine
+    assert len(Manifest.load(tmp_path).shards) == 3
 
 
 def test_load_missing_store_is_a_user_error(tmp_path):

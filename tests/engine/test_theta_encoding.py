@@ -3,8 +3,8 @@ import zlib
 import numpy as np
 import pytest
 
-from engine.record import synthetic_records
 from engine.stores.encoding import THETA_ENCODINGS, decode_recipe, decode_theta, encode_theta
+from engine.synthetic import synthetic_records
 
 
 def _hard_theta(dtype, shape=(3, 9, 40)):

@@ -3,7 +3,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from engine.record import make_id, record_diff, synthetic_records, validate_record
+from engine.record import make_id, record_diff, validate_record
+from engine.synthetic import synthetic_records
 
 
 def test_make_id_is_deterministic_and_dotless():

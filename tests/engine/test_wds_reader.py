@@ -7,6 +7,7 @@ import tarfile
 import numpy as np
 import pytest
 
+from engine.storage import location
 from engine.stores.wds_store import WdsStore, _load_npy, _tar_index
 
 
@@ -60,7 +61,7 @@ def test_tar_index_equals_tarfile_and_declines_extensions():
 def test_reader_falls_back_to_tarfile_for_pax_members(tmp_path, make_records):
     rec = make_records(1)[0]
     path = tmp_path / "s.tar"
-    WdsStore.write(path, [rec], "delta2")
+    path.write_bytes(WdsStore.encode("s.tar", [rec], "delta2")["s.tar"])
     with tarfile.open(path) as src:  # rewrite with a pax header on every member
         members = [(m.name, src.extractfile(m).read()) for m in src]
     with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
@@ -69,7 +70,7 @@ def test_reader_falls_back_to_tarfile_for_pax_members(tmp_path, make_records):
             info.size, info.pax_headers = len(data), {"comment": "from another writer"}
             tar.addfile(info, io.BytesIO(data))
     assert _tar_index(path.read_bytes()) is None
-    reader = WdsStore.open(path)
+    reader = WdsStore.open(location(tmp_path), "s.tar")
     got = reader.read(0)
     reader.close()
     assert got.id == rec.id and np.array_equal(got.support, rec.support)

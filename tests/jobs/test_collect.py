@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from engine.inspect import inspect_store
+from engine.manifest import Manifest
 from engine.record import make_id, record_diff
 from engine.stores import read_records
 from jobs.cli import main
@@ -29,10 +30,12 @@ def _by_id(store: Path, fmt: str) -> dict:
 
 
 def _shard_files(store: Path) -> list[Path]:
-    """Every file of every committed shard, from the manifest."""
-    shards = json.loads((store / "manifest.json").read_text())["shards"]
-    paths = [store / s["path"] for s in shards]
-    return sorted(f for p in paths for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file())
+    """Every object of every committed shard, as its commit object lists them."""
+    return sorted(store / k for s in Manifest.load(store).shards for k in s.objects)
+
+
+def _commit_files(store: Path) -> set[str]:
+    return {f"commits/{s.format}/{s.name}.json" for s in Manifest.load(store).shards}
 
 
 def _snapshot(root: Path) -> dict:
@@ -59,6 +62,7 @@ def test_local_store_holds_every_record_once_and_formats_agree(local_store):
     # nothing but the manifest, format roots and committed shards is left in the store
     committed = {f.relative_to(store).as_posix() for f in _shard_files(store)}
     extra = set(_snapshot(store)) - committed - {"manifest.json", "traj.zarr/zarr.json"}
+    extra -= _commit_files(store)
     assert not extra, f"uncommitted files in the store: {sorted(extra)}"
 
 
@@ -67,6 +71,7 @@ def test_inspect_json_reports_counts_bytes_domains_config(local_store, cli):
     proc = cli("inspect", str(store), "--json", "--verify")  # check=True: exit 0 when intact
     report = json.loads(proc.stdout)
     manifest = json.loads((store / "manifest.json").read_text())
+    assert len(manifest["shards"]) == 8, "the run ends with every commit compacted"
     on_disk = sum(f.stat().st_size for f in _shard_files(store))
     assert report["records"] == N
     assert report["shards"] == 8  # 4 shards x 2 formats
@@ -82,9 +87,7 @@ def test_verify_names_the_shard_of_any_flipped_byte(local_store, cli, tmp_path):
     shutil.copytree(local_store["store"], store)
     files = _shard_files(store)
     assert any(f.suffix == ".tar" for f in files) and any("traj.zarr" in str(f) for f in files)
-    shards = json.loads((store / "manifest.json").read_text())["shards"]
-    owner = {store / s["path"]: s["path"] for s in shards}
-    shard_of = {f: owner.get(f) or next(owner[p] for p in f.parents if p in owner) for f in files}
+    shard_of = {store / k: s.path for s in Manifest.load(store).shards for k in s.objects}
     for f in files:  # every file of every shard, in-process (a CLI run costs seconds)
         original = f.read_bytes()
         flipped = bytearray(original)
@@ -193,14 +196,14 @@ def test_unreachable_address_fails_fast_and_writes_nothing(
 def test_every_shift_family_and_the_clean_share_occur(untrained_target, tmp_path):
     from collections import Counter
 
-    from engine.collect import Collector, CollectSpec
     from hyperflow.config import load_config
     from hyperflow.model import load_target
+    from hyperflow.simulator import BiasTuningSimulator, CollectSpec
 
     cfg = load_config("tiny", ["collect.clean_fraction=0.25", "collect.lr_max=0.1"])
     model = load_target(untrained_target)
     spec = CollectSpec.from_config(cfg, model, str(untrained_target), ["latin", "greek"], "mix")
-    collector = Collector(spec, str(untrained_target), str(tmp_path), ["wds"], None, 400)
+    collector = BiasTuningSimulator(spec, str(untrained_target), None, 400)
     draws = [collector.episode(e) for e in range(400)]
     shifts = Counter(s.shift or "clean" for s, _, _ in draws)
     # 400 draws: clean ~ 100, each of the 4 families ~ 75

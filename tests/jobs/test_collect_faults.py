@@ -22,9 +22,9 @@ import ray
 
 import engine.collect
 import jobs.collect
-from engine.collect import Collector
+from engine.collect import ShardWriter
 from engine.inspect import inspect_store
-from engine.manifest import MANIFEST
+from engine.manifest import MANIFEST, Manifest
 from engine.pool import connect
 from engine.record import make_id, record_diff
 from engine.stores import read_records
@@ -55,8 +55,9 @@ def _assert_same_records(store: Path, reference: Path) -> None:
 def _assert_clean(store: Path) -> None:
     """Checksums hold and nothing but committed shards is in the store."""
     assert inspect_store(store, verify=True)["verify"]["ok"]
-    manifest = json.loads((store / MANIFEST).read_text())
-    keep = {s["path"] for s in manifest["shards"]} | {MANIFEST, "traj.zarr/zarr.json"}
+    shards = Manifest.load(store).shards
+    keep = {MANIFEST, "traj.zarr/zarr.json"} | {k for s in shards for k in s.objects}
+    keep |= {f"commits/{s.format}/{s.name}.json" for s in shards}
     on_disk = {p.relative_to(store).as_posix() for p in store.rglob("*") if p.is_file()}
     stray = {p for p in on_disk if not any(p == k or p.startswith(k + "/") for k in keep)}
     assert not stray, f"uncommitted leftovers: {sorted(stray)}"
@@ -117,8 +118,8 @@ def test_one_worker_writes_the_same_records_as_two(driver, local_store, tmp_path
     _assert_clean(store)
 
 
-class KillOnceCollector(Collector):
-    """A Collector whose actor `ray.kill`s itself inside shard KILL_AT, once per store.
+class KillOnceWriter(ShardWriter):
+    """A ShardWriter whose actor `ray.kill`s itself inside shard KILL_AT, once per store.
 
     The kill waits for the first commit, so the run loses an actor midway with shard KILL_AT in
     flight (killed while holding it, never finished): it must be redone by a replacement actor.
@@ -127,9 +128,10 @@ class KillOnceCollector(Collector):
     KILL_AT = 3  # the last shard: another actor can always commit one first
 
     def shard(self, index: int, formats: list[str] | None = None) -> dict:
-        claim = self.store.parent / f"{self.store.name}.killed"  # outside the store
+        store = Path(self.store)
+        claim = store.parent / f"{store.name}.killed"  # outside the store
         if index == self.KILL_AT and _claim(claim):
-            _wait_for_first_commit(self.store / MANIFEST)
+            _wait_for_first_commit(store)
             ray.kill(ray.get_runtime_context().current_actor)  # as an operator or driver would
             time.sleep(600)  # not reached: the kill ends this process
         return super().shard(index, formats)
@@ -143,11 +145,11 @@ def _claim(path: Path) -> bool:
         return False
 
 
-def _wait_for_first_commit(manifest: Path, timeout: float = 300) -> None:
+def _wait_for_first_commit(store: Path, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
-    while not json.loads(manifest.read_text())["shards"]:
+    while not Manifest.load(store).shards:
         if time.monotonic() > deadline:
-            raise RuntimeError(f"no shard committed to {manifest} in {timeout} s")
+            raise RuntimeError(f"no shard committed to {store} in {timeout} s")
         time.sleep(0.1)
 
 
@@ -155,7 +157,7 @@ def test_actor_killed_midway_loses_and_duplicates_nothing(
     driver, local_store, tmp_path, capsys, monkeypatch
 ):
     store = tmp_path / "store"
-    faulty = functools.partial(engine.collect.collect, actor_cls=KillOnceCollector)
+    faulty = functools.partial(engine.collect.collect, actor_cls=KillOnceWriter)
     monkeypatch.setattr(jobs.collect, "collect", faulty)
     assert main(_collect_argv(local_store, store, "--workers", "2")) == 0
     assert (tmp_path / "store.killed").exists(), "the fault was never injected"
@@ -200,20 +202,24 @@ def test_driver_killed_after_first_commit_resumes_exactly(
     assert 1 <= len(names) < n_shards, f"kill came too late to test resuming: {len(names)}"
 
     # 2. the state a kill between one shard's two format commits leaves: zarr in, wds not
-    half = next(s for s in first if s["format"] == "zarr")
-    manifest = json.loads((store / MANIFEST).read_text())
+    half = next(s for s in first if s["format"] == "zarr")["name"]
+    (store / "commits" / "wds" / f"{half}.json").unlink(missing_ok=True)
+    manifest = json.loads((store / MANIFEST).read_text())  # and from a compaction, if any
     manifest["shards"] = [
-        s for s in manifest["shards"] if not (s["name"] == half["name"] and s["format"] == "wds")
+        s for s in manifest["shards"] if not (s["name"] == half and s["format"] == "wds")
     ]
     (store / MANIFEST).write_text(json.dumps(manifest, indent=1))
-    committed = [s["path"] for s in manifest["shards"]]
+    committed = [s.path for s in Manifest.load(store).shards]
+    assert any(half in p for p in committed) and not any(p == f"wds/{half}.tar" for p in committed)
     before = _fingerprints(store, committed)
 
-    # 3. leftovers of uncommitted work: a temp shard and a renamed-but-unreported one
+    # 3. leftovers of uncommitted work: an object a killed writer was writing (its temp file),
+    # a shard written but never committed, and a driver's half-written commit object
     todo = sorted({f"shard-{i:06d}" for i in range(n_shards)} - names)
-    (store / ".tmp" / "zarr-shard-999999-1-deadbeef").mkdir(parents=True)
-    (store / ".tmp" / "zarr-shard-999999-1-deadbeef" / "junk").write_bytes(b"junk")
+    (store / "traj.zarr" / todo[0] / "theta").mkdir(parents=True, exist_ok=True)
+    (store / "traj.zarr" / todo[0] / "theta" / ".zarr.json.tmp-deadbeef").write_bytes(b"junk")
     (store / "wds" / f"{todo[-1]}.tar").write_bytes(b"not a tar")
+    (store / "commits" / "wds" / f".{todo[-1]}.json.tmp-0badf00d").write_bytes(b"{")
 
     # 4. resume on the shared cluster: complete, exactly N records, committed files untouched
     resume_mark = ray_procs.mark("resume")
@@ -236,4 +242,7 @@ def test_driver_killed_after_first_commit_resumes_exactly(
 
 
 def _shards(store: Path) -> list[dict]:
-    return json.loads((store / MANIFEST).read_text())["shards"]
+    """Committed shards as dicts (name, format, path, ...), whether compacted or not."""
+    return [
+        {"name": s.name, "format": s.format, "path": s.path} for s in Manifest.load(store).shards
+    ]

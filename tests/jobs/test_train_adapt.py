@@ -1,7 +1,7 @@
 """Acceptance: a drift network trained by `hyperflow train` on real bias-tuning trajectories of the
 tiny target lowers the support loss of new base-domain episodes when integrated from theta_0.
 
-Trajectories are simulated in-process by the collection worker itself (engine.collect.Collector,
+Trajectories are simulated in-process by the collection simulator itself (BiasTuningSimulator,
 no Ray), on clean base-domain episodes, at the one learning rate the tiny config gives
 bias-tuning, and the drift is trained with off-path theta noise (train.theta_noise). Measured: the
 loss is lowered in 82.8% of the 64 new episodes, mean 0.3396 -> 0.2993; without theta noise and
@@ -17,8 +17,7 @@ import math
 import pytest
 import torch
 
-from engine.collect import Collector, CollectSpec
-from engine.stores import open_store, read_records
+from engine.stores import open_store, read_records, shard_name, write_shard
 from hyperflow.adapt.hyperflow import adapted_theta, load_for_target
 from hyperflow.adapt.simulate import simulate
 from hyperflow.bias import get_theta
@@ -26,6 +25,7 @@ from hyperflow.config import load_config
 from hyperflow.data import load_dataset
 from hyperflow.data.episodes import build_episode
 from hyperflow.model import load_target
+from hyperflow.simulator import BiasTuningSimulator, CollectSpec
 
 EPISODES = 128  # trajectories in the store (one init each); 64 measured 86-89%: overfits
 HELD_OUT = 64  # new episodes: indices EPISODES.. of the same base-domain sampler
@@ -36,7 +36,7 @@ COLLECT_SETS = ["collect.shifts=[]", "collect.shard_size=16", "collect.inits=1"]
 
 @pytest.fixture(scope="module")
 def one_thread():
-    """Simulation and adaptation in this process on one thread (the Collector sets it too)."""
+    """Simulation and adaptation in this process on one thread (collection actors do too)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -52,10 +52,9 @@ def collected(tiny_target, tmp_path_factory, one_thread):
     data = load_dataset(cfg.data.dataset, model.cfg.image_size, model.cfg.channels, None)
     spec = CollectSpec.from_config(cfg, model, str(tiny_target), data.names("base"), "adapt")
     manifest = open_store(root, {**spec.manifest_config(), "episodes": EPISODES}, ["wds"])
-    collector = Collector(spec, str(tiny_target), str(root), ["wds"], None, EPISODES, threads=1)
+    collector = BiasTuningSimulator(spec, str(tiny_target), None, EPISODES)
     for i in range(math.ceil(EPISODES / spec.shard_size)):
-        for info in collector.shard(i)["infos"]:
-            manifest.commit(info)
+        manifest.commit(write_shard(root, "wds", shard_name(i), collector.records(i)))
     return root, collector
 
 

@@ -9,9 +9,9 @@ import itertools
 import pytest
 from torch.utils.data import DataLoader
 
-from engine.record import synthetic_records
 from engine.stores import open_store, shard_name, write_shard
 from engine.stream import EpochStream, RecordStream, epoch_plan
+from engine.synthetic import synthetic_records
 
 SIZES = [5, 7, 3, 6]  # 21 records; 2 ranks x batch 3: 4 batches per epoch per rank
 
