@@ -9,19 +9,22 @@ threads, since hashlib and the storage reads release the GIL.
 from __future__ import annotations
 
 import hashlib
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 from engine.manifest import Manifest, ShardInfo
 from engine.storage import Location
 
 _BLOCK = 4 << 20
-THREADS = 2
+THREADS = max(2, os.cpu_count() or 1)
 
 
 def sha256_object(loc: Location, key: str) -> tuple[int, str]:
     """(size, sha256 hex) of one object, streamed in blocks."""
+    path = loc.local_path(key)
     h, size = hashlib.sha256(), 0
-    with loc.open(key) as f:
+    # plain file reads locally: most objects are small, and fsspec's file objects cost ~50 us more
+    with open(path, "rb", buffering=0) if path is not None else loc.open(key) as f:
         while block := f.read(_BLOCK):
             h.update(block)
             size += len(block)

@@ -17,8 +17,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import torch
-
 from engine.pool import ResilientPool
 from engine.stores import shard_name, write_shard
 
@@ -36,6 +34,8 @@ class ShardWriter:
         theta_encoding: str = "delta2",
         threads: int = 1,
     ):
+        import torch  # here, not at the top: the driver never loads torch (~0.7 GB resident)
+
         torch.set_num_threads(threads)
         self.sim = simulator(**simulator_kwargs)
         self.store, self.formats = store, formats
@@ -95,7 +95,8 @@ def collect(
     """Run shards `todo` on `workers` Ray actors, committing each to `manifest` as it lands.
 
     writer: ShardWriter keyword arguments (simulator class and its kwargs, store, formats, ...).
-    progress(n) is called with each shard's record count after its commit. actor_cls:
+    progress(n, seconds) is called after each shard's commit with its record count and the
+    seconds the commit took the driver. actor_cls:
     ShardWriter or a subclass (tests use one to inject faults).
     """
     # each shard is written only in the formats the manifest still lacks (a run killed between
@@ -120,7 +121,7 @@ def collect(
             write_s += result["write_s"]
             n += result["records"]
             if progress:
-                progress(result["records"])
+                progress(result["records"], commit_s[-1])
         manifest.compact()
     finally:  # also on errors: no actor may keep writing into the store after we return
         pool.shutdown()

@@ -5,6 +5,8 @@ collect   bare batched simulator vs the Ray engine with 1 and 2 workers; write s
           bytes per trajectory
 stream    data wait share of trainer steps; samples/s with 1 and 2 ranks
 adapt     HyperFlow vs bias-tuning adaptation time and peak memory per episode
+scale     the engine at N records (synthetic simulator): commit cost first vs last shards, driver
+          memory, manifest size, resume after SIGKILL, verify and stream start-up
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ import argparse
 import importlib
 import json
 
-from jobs.common import add_config_args
+from jobs.common import add_config_args, positive_int
 
 BENCHES = {
     "simulate": "jobs.benches.simulate",
     "collect": "jobs.benches.collect",
     "stream": "jobs.benches.stream",
     "adapt": "jobs.benches.adapt",
+    "scale": "jobs.benches.scale",
 }
 
 
@@ -29,6 +32,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", help="a pretrained target directory (default: untrained backbone)")
     p.add_argument("--episodes", type=int, default=16, help="episodes (trajectories) to time")
     p.add_argument("--json", action="store_true", help="print only the JSON result")
+    p.add_argument(
+        "--records",
+        type=positive_int,
+        default=100_000,
+        help="scale: records to collect (docs/scale.md reports 1,000,000)",
+    )
+    p.add_argument("--out", help="scale: the store, a directory or URL (default: a temp dir)")
+    p.add_argument("--format", choices=["zarr", "wds", "both"], help="scale: store formats")
     p.add_argument(
         "--drift",
         help="adapt: a `hyperflow train` directory (default: an untrained drift network of the "

@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> None:
             workers,
             cc.cpus_per_worker,
             cc.gpus_per_worker,
-            progress=bar.update,
+            progress=lambda n, _seconds: bar.update(n),
         )
     print(
         f"collected {stats.trajectories} trajectories in {stats.seconds:.1f} s "

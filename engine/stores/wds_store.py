@@ -39,7 +39,6 @@ import tarfile
 import zlib
 
 import numpy as np
-import webdataset
 
 from engine.record import SCHEMA_VERSION, TrajectoryRecord
 from engine.storage import Location
@@ -140,6 +139,8 @@ class WdsStore:
     @staticmethod
     def encode(key: str, records: list[TrajectoryRecord], encoding: str) -> dict[str, bytes]:
         """The shard's one object at store-relative `key`: {key: tar bytes}."""
+        import webdataset  # here: the package imports torch (~0.7 GB), which readers don't need
+
         buf = io.BytesIO()
         # encoder=False: members are bytes already; TarWriter writes them in sorted extension
         # order, which _members' order is
