@@ -16,6 +16,7 @@ takes, logs or writes them. Backends are optional extras: `pip install hyperflow
 
 from __future__ import annotations
 
+import functools
 import os
 import uuid
 from dataclasses import dataclass
@@ -27,6 +28,33 @@ from fsspec.implementations.local import LocalFileSystem
 from engine.errors import UserError
 
 _EXTRAS = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs"}
+
+
+class StorageError(UserError):
+    """A backend failed (no credentials, access denied, no such bucket, endpoint down)."""
+
+    def __init__(self, where: str, cause: str):
+        super().__init__(f"storage {where!r}: {cause}")
+        self.cause = cause
+
+
+def _user_errors(method):
+    # A backend's own failures (no credentials, access denied, no such bucket, endpoint down)
+    # become one UserError naming the URL and the cause: the CLI prints it and exits 2.
+    # FileNotFoundError passes through: callers use it to mean "not there (yet)".
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except (FileNotFoundError, UserError, TypeError, AttributeError, AssertionError):
+            raise  # not there (yet), already explained, or a bug: as they are
+        except Exception as e:
+            if self.local and isinstance(e, (IsADirectoryError, NotADirectoryError)):
+                raise
+            where = self.child(args[0]).url if args and isinstance(args[0], str) else self.url
+            raise StorageError(where, f"{type(e).__name__}: {_first_line(e)}") from None
+
+    return wrapper
 
 
 @dataclass(frozen=True)
@@ -53,12 +81,15 @@ class Location:
         """A local Path of `key` (for memory-mapping), None on remote storage."""
         return Path(self.path(key)) if self.local else None
 
+    @_user_errors
     def exists(self, key: str = "") -> bool:
         return self.fs.exists(self.path(key))
 
+    @_user_errors
     def read_bytes(self, key: str) -> bytes:
         return self.fs.cat_file(self.path(key))
 
+    @_user_errors
     def write_bytes(self, key: str, data: bytes) -> None:
         """Write one object whole (see module docstring: atomic, durable on local disk)."""
         if not self.local:
@@ -77,10 +108,12 @@ class Location:
             tmp.unlink(missing_ok=True)
             raise
 
+    @_user_errors
     def open(self, key: str, mode: str = "rb"):
         """A file object of `key` (streams on remote storage)."""
         return self.fs.open(self.path(key), mode)
 
+    @_user_errors
     def list(self, key: str = "") -> list[str]:
         """Names (not paths) of the entries directly under `key`; [] if there are none."""
         try:
@@ -89,6 +122,7 @@ class Location:
             return []
         return sorted(e.rstrip("/").rsplit("/", 1)[-1] for e in entries)
 
+    @_user_errors
     def find(self, key: str = "") -> dict[str, int]:
         """Every object under `key` -> its size, keys relative to `key`, sorted."""
         base = self.path(key)
@@ -101,9 +135,11 @@ class Location:
         cut = len(base.rstrip("/")) + 1
         return {p[cut:]: int(d["size"]) for p, d in sorted(found.items())}
 
+    @_user_errors
     def size(self, key: str) -> int:
         return int(self.fs.size(self.path(key)))
 
+    @_user_errors
     def remove(self, key: str) -> None:
         """Delete an object or everything under a prefix; nothing there is fine."""
         p = self.path(key)
@@ -158,9 +194,11 @@ def check_access(loc: Location, write: bool, what: str) -> None:
         probe = f".hyperflow-probe-{uuid.uuid4().hex[:12]}"
         loc.write_bytes(probe, b"")
         loc.remove(probe)
-    except UserError:
-        raise
-    except Exception as e:  # backends raise their own types: name the place and the cause only
+    except StorageError as e:  # name the flag, the place and the cause only
+        raise UserError(
+            f"{what} {loc.url!r} is not {'writable' if write else 'readable'}: {e.cause}"
+        ) from None
+    except FileNotFoundError as e:  # e.g. no such bucket
         raise UserError(
             f"{what} {loc.url!r} is not {'writable' if write else 'readable'}: "
             f"{type(e).__name__}: {_first_line(e)}"
