@@ -91,13 +91,16 @@ def collect(
     num_gpus: float = 0,
     progress=None,
     actor_cls: type = ShardWriter,
+    placement_timeout: float = 300.0,
+    replace_fraction: float = 0.25,
 ) -> CollectStats:
     """Run shards `todo` on `workers` Ray actors, committing each to `manifest` as it lands.
 
     writer: ShardWriter keyword arguments (simulator class and its kwargs, store, formats, ...).
     progress(n, seconds) is called after each shard's commit with its record count and the
     seconds the commit took the driver. actor_cls:
-    ShardWriter or a subclass (tests use one to inject faults).
+    ShardWriter or a subclass (tests use one to inject faults). placement_timeout and
+    replace_fraction: see engine.pool.ResilientPool.
     """
     # each shard is written only in the formats the manifest still lacks (a run killed between
     # the commits of one shard's formats leaves the first committed, and it must stay untouched)
@@ -105,7 +108,15 @@ def collect(
         i: [f for f in manifest.formats if not manifest.committed(shard_name(i), f)] for i in todo
     }
     tasks = [(i, missing[i]) for i in todo if missing[i]]
-    pool = ResilientPool(actor_cls, workers, writer, num_cpus=num_cpus, num_gpus=num_gpus)
+    pool = ResilientPool(
+        actor_cls,
+        workers,
+        writer,
+        num_cpus=num_cpus,
+        num_gpus=num_gpus,
+        placement_timeout=placement_timeout,
+        replace_fraction=replace_fraction,
+    )
     try:
         pool.call_all("ready")  # time the steady state, not actor start-up
         start = time.perf_counter()

@@ -4,12 +4,20 @@
 one actor at a time (at most `depth` in flight per actor, bounded with `ray.wait`); when an actor
 dies (killed, OOM, node lost) its in-flight items go back to the queue and a fresh actor takes its
 place, so every item completes exactly once from the driver's point of view.
+
+Replacements are budgeted per job, not per run: a day on preemptible nodes loses many actors, so
+the budget is a share of the items (`replace_fraction`, at least `min_replacements`), and every
+death is logged with the actor's node and the cause. An actor that the cluster cannot place
+within `placement_timeout` seconds (no node has the CPUs/GPUs it asks for) ends the job with a
+message naming the missing resources instead of waiting forever.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import sys
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -108,24 +116,56 @@ class ResilientPool:
         num_cpus: float = 1,
         num_gpus: float = 0,
         depth: int = 2,
-        max_replacements: int = 8,
+        min_replacements: int = 8,
+        replace_fraction: float = 0.25,
+        placement_timeout: float = 300.0,
+        log=None,
     ):
         assert n >= 1, f"need at least one actor, got {n}"
+        self._resources = {"CPU": num_cpus, **({"GPU": num_gpus} if num_gpus else {})}
         self._remote = ray.remote(actor_cls).options(num_cpus=num_cpus, num_gpus=num_gpus)
         self._init_kwargs = init_kwargs
         self._depth = depth
-        self._replacements_left = max_replacements
+        self._min_replacements, self._replace_fraction = min_replacements, replace_fraction
+        self._placement_timeout = placement_timeout
+        self._log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.actors = [self._remote.remote(**init_kwargs) for _ in range(n)]
+        self._ready = [a.__ray_call__.remote(_node_of) for a in self.actors]  # node id once placed
         self.replaced = 0
+        self.deaths: list[dict] = []  # {"slot", "node", "cause"} per actor death
         self._wait_ready()
 
     def _wait_ready(self) -> None:
         # a failing constructor fails every replacement the same way: report it, don't retry
+        n, timeout = len(self._ready), self._placement_timeout
+        done, pending = ray.wait(self._ready, num_returns=n, timeout=timeout)
         try:
-            ray.get([a.__ray_ready__.remote() for a in self.actors])
+            ray.get(done)
         except _DEAD as e:
             self.shutdown()
             raise UserError(f"{self._remote} workers failed to start: {e}") from None
+        if pending:
+            self._refuse_placement(len(pending), timeout)
+
+    def _refuse_placement(self, unplaced: int, waited: float) -> None:
+        self.shutdown()
+        free = {k: v for k, v in ray.available_resources().items() if k in ("CPU", "GPU")}
+        raise UserError(
+            f"{unplaced} of {len(self.actors)} workers could not be placed for {waited:.0f} s: "
+            f"each needs {self._resources}; the cluster has {free or 'none'} free. Add nodes "
+            "with these resources, or lower --workers / cpus_per_worker / gpus_per_worker"
+        )
+
+    def _unplaced(self) -> list[int]:
+        """Slots whose actor has not started (no node could take it yet)."""
+        ready, _ = ray.wait(self._ready, num_returns=len(self._ready), timeout=0)
+        return [i for i, r in enumerate(self._ready) if r not in ready]
+
+    def _node(self, i: int) -> str:
+        try:
+            return ray.get(self._ready[i], timeout=0)[:12]
+        except Exception:  # never placed, or died before it said
+            return "unknown"
 
     def map_unordered(
         self, method: str, items: Iterable[Any], unpack: bool = False
@@ -135,8 +175,11 @@ class ResilientPool:
         unpack: each item is a tuple of the method's arguments (default: its one argument).
         """
         queue = deque(items)
+        n_items = len(queue)
+        budget = max(self._min_replacements, int(self._replace_fraction * n_items))
         inflight: dict[ray.ObjectRef, tuple[int, Any]] = {}
         load = {i: 0 for i in range(len(self.actors))}
+        idle_since = time.monotonic()
         while queue or inflight:
             for i in list(load):
                 while queue and load[i] < self._depth:
@@ -145,31 +188,50 @@ class ResilientPool:
                     ref = call.remote(*item) if unpack else call.remote(item)
                     inflight[ref] = (i, item)
                     load[i] += 1
-            done, _ = ray.wait(list(inflight), num_returns=1)
+            done, _ = ray.wait(list(inflight), num_returns=1, timeout=5.0)
+            if not done:
+                self._check_placement(idle_since)
+                continue
+            idle_since = time.monotonic()
             ref = done[0]
             i, item = inflight.pop(ref)
             load[i] -= 1
             try:
                 result = ray.get(ref)
-            except _DEAD:
+            except _DEAD as e:
                 queue.appendleft(item)
-                self._replace(i, inflight, queue)
+                if self.replaced >= budget:
+                    raise RuntimeError(
+                        f"{self.replaced} workers died, the budget for {n_items} items "
+                        f"({self._replace_fraction:g} of them, at least "
+                        f"{self._min_replacements}); last cause: {_cause(e)}"
+                    ) from None
+                self._replace(i, inflight, queue, e)
                 load[i] = 0
                 continue
             yield item, result
 
-    def _replace(self, i: int, inflight: dict, queue: deque) -> None:
+    def _check_placement(self, idle_since: float) -> None:
+        # nothing finished for a while: fine if every actor runs (long items), not if some
+        # actor still waits for a node that can take it
+        unplaced = self._unplaced()
+        waited = time.monotonic() - idle_since
+        if unplaced and waited > self._placement_timeout:
+            self._refuse_placement(len(unplaced), waited)
+
+    def _replace(self, i: int, inflight: dict, queue: deque, error: Exception) -> None:
         # an actor died: requeue everything else it held and start a fresh one in its slot
-        if self._replacements_left == 0:
-            raise RuntimeError("too many actor failures; giving up")
+        death = {"slot": i, "node": self._node(i), "cause": _cause(error)}
+        self.deaths.append(death)
+        self._log(f"worker {i} on node {death['node']} died ({death['cause']}); replacing it")
         for ref in [r for r, (j, _) in inflight.items() if j == i]:
             queue.appendleft(inflight.pop(ref)[1])
         # ActorUnavailableError does not mean dead: the old actor may still be running an item
         # we are about to hand to its successor (two writers on one shard). Make sure it is gone.
         ray.kill(self.actors[i], no_restart=True)
-        self._replacements_left -= 1
         self.replaced += 1
         self.actors[i] = self._remote.remote(**self._init_kwargs)
+        self._ready[i] = self.actors[i].__ray_call__.remote(_node_of)
 
     def call_all(self, method: str, *args) -> list[Any]:
         return ray.get([getattr(a, method).remote(*args) for a in self.actors])
@@ -177,3 +239,14 @@ class ResilientPool:
     def shutdown(self) -> None:
         for a in self.actors:
             ray.kill(a)
+
+
+def _node_of(_self) -> str:
+    # runs inside the actor (via __ray_call__): the id of the node it was placed on
+    return ray.get_runtime_context().get_node_id()
+
+
+def _cause(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    first = next((line for line in text if line.strip()), type(error).__name__)
+    return f"{type(error).__name__}: {first[:200]}"

@@ -71,6 +71,10 @@ class CollectConfig:
     workers: int = 2
     cpus_per_worker: float = 1.0  # Ray resources of one collection actor; torch threads match
     gpus_per_worker: float = 0.0  # fractions let several simulators share one GPU
+    # seconds an actor may wait for a node with its resources before the job ends, naming them
+    placement_timeout: float = 300.0
+    # actor deaths a job survives: this share of its shards (at least 8); each death is logged
+    replace_fraction: float = 0.25
     seed: int = 0
 
 

@@ -62,6 +62,8 @@ def _check_numbers(cc, episodes: int, workers: int) -> None:
         ("collect.lr_min", cc.lr_min, 0 < cc.lr_min <= cc.lr_max),
         ("collect.cpus_per_worker", cc.cpus_per_worker, cc.cpus_per_worker > 0),
         ("collect.gpus_per_worker", cc.gpus_per_worker, cc.gpus_per_worker >= 0),
+        ("collect.placement_timeout", cc.placement_timeout, cc.placement_timeout > 0),
+        ("collect.replace_fraction", cc.replace_fraction, cc.replace_fraction >= 0),
     ]
     for key, value, ok in checks:
         if not ok:
@@ -150,6 +152,8 @@ def run(args: argparse.Namespace) -> None:
             cc.cpus_per_worker,
             cc.gpus_per_worker,
             progress=lambda n, _seconds: bar.update(n),
+            placement_timeout=cc.placement_timeout,
+            replace_fraction=cc.replace_fraction,
         )
     print(
         f"collected {stats.trajectories} trajectories in {stats.seconds:.1f} s "
