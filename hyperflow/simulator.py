@@ -99,7 +99,10 @@ class BiasTuningSimulator:
         total: int,
     ):
         self.spec, self.total = spec, total
-        self.model = load_target(target_dir)
+        # the device Ray gave this actor: with num_gpus > 0 Ray sets CUDA_VISIBLE_DEVICES to its
+        # GPU (or share of one); without, to nothing, so CUDA is unavailable and this is the CPU
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = load_target(target_dir).to(self.device)
         cfg = self.model.cfg
         self.data = load_dataset(spec.dataset, cfg.image_size, cfg.channels, cache_dir)
         self.sampler = EpisodeSampler(

@@ -16,7 +16,9 @@ import torch.nn.functional as F
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """x float [N, C, H, W] in [-1, 1] -> randomly augmented copy [N, C, H, W]."""
     n = x.shape[0]
-    u = torch.rand(n, 6, generator=gen).to(x.dtype)  # [N, 6] uniform draws, one row per image
+    # [N, 6] uniform draws, one row per image, from a CPU generator whatever x's device: the same
+    # seed gives the same augmentation on a GPU as on the CPU
+    u = torch.rand(n, 6, generator=gen).to(x.device, x.dtype)
     angle = (u[:, 0] - 0.5) * (2 * math.radians(12))
     scale = 0.9 + 0.2 * u[:, 1]
     shift = (u[:, 2:4] - 0.5) * 0.2  # fraction of half the image size

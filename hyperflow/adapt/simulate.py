@@ -33,10 +33,12 @@ class Trajectories:
 
 
 def initial_theta(model: TargetModel, n: int, sigma: float, gen: torch.Generator) -> torch.Tensor:
-    """n starting points [n, P]: the pretrained biases plus Gaussian noise of std sigma."""
+    """n starting points [n, P] on the model's device: the pretrained biases plus Gaussian noise
+    of std sigma (drawn on the CPU from `gen`, so every device starts from the same points)."""
     theta = get_theta(model.backbone, model.layout).unsqueeze(0).repeat(n, 1)
     if sigma > 0:
-        theta = theta + sigma * torch.randn(theta.shape, generator=gen)
+        noise = torch.randn(theta.shape, generator=gen, dtype=theta.dtype)
+        theta = theta + sigma * noise.to(theta.device)
     return theta
 
 
@@ -51,7 +53,8 @@ def simulate(
     """Bias-tune every episode from theta0 [E, P] with Adam at lr [E] for `steps` steps.
 
     seeds[e] seeds episode e's augmentations. Episodes of different support sizes are run in
-    groups of equal size (rows must fold evenly); the result keeps the input order.
+    groups of equal size (rows must fold evenly); the result keeps the input order. Runs on the
+    model's device (episodes and theta0 are moved there); the result is on the CPU.
     """
     assert len(episodes) == theta0.shape[0] == lr.shape[0] == len(seeds), "one theta/lr/seed each"
     groups: dict[int, list[int]] = {}
@@ -63,16 +66,18 @@ def simulate(
         th, lo = _simulate_group(
             model, [episodes[i] for i in idx], theta0[idx], lr[idx], steps, [seeds[i] for i in idx]
         )
-        theta[idx], loss[idx] = th, lo
+        theta[idx], loss[idx] = th.cpu(), lo.cpu()
     return Trajectories(theta, loss)
 
 
 def _simulate_group(model, episodes, theta0, lr, steps, seeds):
     E, P = theta0.shape
     base = get_theta(model.backbone, model.layout)  # [P] the biases the backbone holds
-    clean = torch.stack([model.preprocess(ep.support_x) for ep in episodes]).to(base.dtype)
+    dev = base.device
+    clean = torch.stack([model.preprocess(ep.support_x.to(dev)) for ep in episodes]).to(base.dtype)
     # clean: [E, N, C, H, W] in the model's dtype (float64 models give exact equivalence tests)
-    labels = torch.stack([ep.support_y for ep in episodes])  # [E, N]
+    labels = torch.stack([ep.support_y for ep in episodes]).to(dev)  # [E, N]
+    theta0, lr = theta0.to(dev), lr.to(dev, base.dtype)
     ways = [ep.way for ep in episodes]
     gens = [torch.Generator().manual_seed(s) for s in seeds]
     theta = theta0.clone()
