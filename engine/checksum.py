@@ -44,18 +44,19 @@ def _check_object(loc: Location, who: str, key: str, want: list) -> list[str]:
     return problems
 
 
+def _check_shard(loc: Location, s: ShardInfo) -> list[str]:
+    who = f"shard {s.name} ({s.format}, {s.path})"
+    return [m for k, v in s.objects.items() for m in _check_object(loc, who, k, v)]
+
+
 def verify_shards(loc: Location, shards: list[ShardInfo], threads: int = THREADS) -> dict:
-    """{shard path: problems} for every shard in `shards` (re-hashing all their objects)."""
+    """{shard path: problems} for every shard in `shards` (re-hashing all their objects).
+
+    One pool task per shard, not per object: a Zarr shard is a dozen small objects, and a task
+    per object cost as much as hashing them."""
     with ThreadPoolExecutor(threads) as pool:
-        # objects of all shards interleave on the pool: a big shard does not serialise the rest
-        futures = {
-            s.path: [
-                pool.submit(_check_object, loc, f"shard {s.name} ({s.format}, {s.path})", k, v)
-                for k, v in s.objects.items()
-            ]
-            for s in shards
-        }
-        return {p: [m for f in fs for m in f.result()] for p, fs in futures.items()}
+        results = pool.map(lambda s: _check_shard(loc, s), shards, chunksize=1)
+        return {s.path: problems for s, problems in zip(shards, results)}
 
 
 def verify(root) -> list[str]:
