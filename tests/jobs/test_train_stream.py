@@ -21,11 +21,13 @@ def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("epochs") / "store"
     recs = synthetic_records(sum(SIZES), T=3, P=16, n_support=(3, 6), image=(1, 8, 8), run="s")
     m = open_store(root, {"T": 3}, ["wds"])
-    start = 0
+    start, ids = 0, {}
     for k, n in enumerate(SIZES):
-        m.commit(write_shard(root, "wds", shard_name(k), recs[start : start + n]))
+        info = write_shard(root, "wds", shard_name(k), recs[start : start + n])
+        m.commit(info)
+        ids[info.name] = info.ids
         start += n
-    return root, {s.name: s.ids for s in m.shards}
+    return root, ids
 
 
 @pytest.mark.parametrize("workers", [0, 1, 2])

@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -14,23 +16,43 @@ def drift_params(net: DriftNet) -> int:
     return sum(p.numel() for n, p in net.named_parameters() if not n.startswith("encoder."))
 
 
+_U32 = 2.0**-24  # float32 unit roundoff
+
+
+def _affine64(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor):
+    """x [B, n] @ w [n, m] + b [m] in float64, i.e. exactly for float32 inputs, and a bound on
+    the rounding error of any float32 evaluation of it: gamma_{n+1} (|x| @ |w| + |b|). The bound
+    holds for every summation order, blocking and use of FMA (Higham, Accuracy and Stability of
+    Numerical Algorithms, 3.1), so it does not depend on which kernels the CPU's BLAS picks for a
+    batched einsum and a single matmul."""
+    x, w, b = x.detach().double(), w.detach().double(), b.detach().double()
+    g = (w.shape[0] + 1) * _U32
+    return x @ w + b, g / (1 - g) * (x.abs() @ w.abs() + b.abs())
+
+
 def test_layerwise_maps_match_a_per_layer_loop(layout):
     groups = LayerGroups(layout)
     x = torch.randn(3, layout.size)
     assert torch.equal(groups.merge(groups.split(x)), x)
     inp, out = LayerwiseIn(groups, 5), LayerwiseOut(groups, 5)
-    tokens = inp(x)  # [3, L, 5] in token order
+    with torch.no_grad():
+        tokens = inp(x)  # [3, L, 5] in token order
+        y = out(tokens)
     assert tokens.shape == (3, len(layout.entries), 5)
-    y = out(tokens)
     for k, layer in enumerate(groups.token_layer.tolist()):
         e = layout.entries[layer]
         ids, n = next((ids, n) for ids, n in groups.members() if layer in ids)
         j = ids.index(layer)
         x_l = x[:, e.offset : e.offset + e.numel]
-        ref = x_l @ inp.weight[f"n{n}"][j] + inp.bias[f"n{n}"][j]
-        torch.testing.assert_close(tokens[:, k], ref)
-        ref_out = tokens[:, k] @ out.weight[f"n{n}"][j] + out.bias[f"n{n}"][j]
-        torch.testing.assert_close(y[:, e.offset : e.offset + e.numel], ref_out)
+        w_in, b_in = inp.weight[f"n{n}"], inp.bias[f"n{n}"]
+        ref, bound = _affine64(x_l, w_in[j], b_in[j])
+        assert ((tokens[:, k] - ref).abs() <= bound).all(), f"token {k} (layer {layer})"
+        ref_out, bound_out = _affine64(tokens[:, k], out.weight[f"n{n}"][j], out.bias[f"n{n}"][j])
+        y_l = y[:, e.offset : e.offset + e.numel]
+        assert ((y_l - ref_out).abs() <= bound_out).all(), f"output of layer {layer}"
+        if len(ids) > 1:  # the bound still tells apart the layers of a size group (~1e-6 vs ~1)
+            wrong, _ = _affine64(x_l, w_in[(j + 1) % len(ids)], b_in[(j + 1) % len(ids)])
+            assert ((tokens[:, k] - wrong).abs() > bound).any(), f"token {k}: wrong weights pass"
 
 
 @pytest.mark.parametrize("size", sorted(DRIFT_SIZES))
@@ -54,18 +76,48 @@ def test_forward_shapes_any_way_and_shot(size, layout, encoder, support_factory)
     torch.testing.assert_close(at_scalar, net(theta, torch.full((4,), 1.5), task))
 
 
+def _embedding64(net: DriftNet, supports) -> torch.Tensor:
+    """The task embeddings encode_tasks computes (encoder over all images, then the prototype
+    pooling), computed in float64 by a copy of net: the true values float32 approximates."""
+    net64 = copy.deepcopy(net).double()
+    with torch.no_grad():
+        images = torch.cat([x for x, _ in supports]).double()
+        return net64.pool(net64.encoder(images), [y for _, y in supports])
+
+
+def _relative_error(got: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((got.double() - ref).abs().max() / ref.abs().max()).item()
+
+
+# float32 eps is 1.2e-7; measured here: embeddings within 1.7e-7 of the float64 ones (in units of
+# their largest entry), so 1e-4 leaves ~600x for other CPUs' kernels, while a changed support or a
+# broken image-label pairing is off by 0.4 and 0.09
+_EMBED_TOL = 1e-4
+
+
 def test_encode_tasks_is_permutation_invariant(layout, encoder, support_factory):
     net = DriftNet(layout, DriftConfig(site_stats=False), encoder, encoder.feature_dim, H)
     x, y = support_factory(4, [1, 3, 2, 4], seed=0)
     other = support_factory(3, [2, 2, 2], seed=1)
-    base = net.encode_tasks([(x, y), other]).embedding
     relabel = torch.tensor([2, 0, 3, 1])  # class order
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))  # image order
-    permuted = net.encode_tasks([(x[order], relabel[y][order]), other]).embedding
-    torch.testing.assert_close(permuted, base, rtol=1e-5, atol=1e-5)
-    # ...while the support content does matter
+    shuffled = (x[order], relabel[y][order])
+    # exactly invariant: in float64 the reordered sums differ by rounding of ~1e-16
+    ref = _embedding64(net, [(x, y), other])
+    assert _relative_error(_embedding64(net, [shuffled, other]), ref) < 1e-12
+    # encode_tasks runs in float32, where image and class order change the rounding of the
+    # prototype sums and of the encoder's matmul rows by amounts that depend on the CPU's
+    # kernels: both orders must give the true embedding up to float32 error
+    base = net.encode_tasks([(x, y), other]).embedding
+    permuted = net.encode_tasks([shuffled, other]).embedding
+    assert _relative_error(base, ref) < _EMBED_TOL
+    assert _relative_error(permuted, ref) < _EMBED_TOL
+    # ...while the support content and which label goes with which image do matter
     changed = net.encode_tasks([(x + 1.0, y), other]).embedding
-    assert (changed[0] - base[0]).abs().max() > 1e-3
+    unpaired = net.encode_tasks([(x[order], relabel[y]), other]).embedding  # labels left behind
+    assert _relative_error(changed[:1], ref[:1]) > 100 * _EMBED_TOL
+    assert _relative_error(unpaired[:1], ref[:1]) > 100 * _EMBED_TOL
+    # the other episode's rows meet the same kernels at the same batch positions: unchanged
     torch.testing.assert_close(changed[1], base[1], rtol=1e-5, atol=1e-5)
 
 
