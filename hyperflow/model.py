@@ -7,17 +7,21 @@ prototypes are the mean support features; logits = scale * cosine(query feature,
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import timm
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, load_file, save
 from torch import nn
 
+from engine.storage import location
 from hyperflow.bias import BiasLayout, select_biases
 from hyperflow.errors import UserError
+
+WEIGHTS, META = "target.safetensors", "target.json"  # what a target is, wherever it is stored
 
 
 @dataclass
@@ -84,13 +88,12 @@ def cosine_logits(protos: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
     return F.normalize(query, dim=-1) @ F.normalize(protos, dim=-1).t()
 
 
-def save_target(model: TargetModel, out_dir: Path, extra: dict | None = None) -> None:
-    """Write out_dir/target.safetensors and out_dir/target.json (architecture, bias layout)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+def save_target(model: TargetModel, out: str | os.PathLike, extra: dict | None = None) -> None:
+    """Write target.safetensors, then target.json (architecture, bias layout) under `out`, a
+    local directory or a URL. Each object is written whole (engine.storage); target.json
+    goes last, so a crash in between leaves no target that looks complete."""
+    loc = location(out)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    tmp = out_dir / "target.safetensors.tmp"
-    save_file(state, str(tmp))
-    tmp.replace(out_dir / "target.safetensors")
     info = {
         "config": asdict(model.cfg),
         "feature_dim": model.feature_dim,
@@ -99,27 +102,28 @@ def save_target(model: TargetModel, out_dir: Path, extra: dict | None = None) ->
         "layout": model.layout.to_json(),
         **(extra or {}),
     }
-    tmp = out_dir / "target.json.tmp"
-    tmp.write_text(json.dumps(info, indent=1))
-    tmp.replace(out_dir / "target.json")
+    loc.write_bytes(WEIGHTS, save(state))
+    loc.write_bytes(META, json.dumps(info, indent=1).encode())
 
 
-def load_target(target_dir: str | Path) -> TargetModel:
-    """Rebuild a TargetModel from a directory written by `hyperflow pretrain` (eval mode)."""
-    target_dir = Path(target_dir)
-    meta_path, weights = target_dir / "target.json", target_dir / "target.safetensors"
-    if not meta_path.is_file() or not weights.is_file():
-        raise UserError(f"--target {str(target_dir)!r} has no target.json/target.safetensors")
-    info = json.loads(meta_path.read_text())
+def load_target(target: str | os.PathLike) -> TargetModel:
+    """Rebuild a TargetModel from what `hyperflow pretrain` wrote at `target` (eval mode)."""
+    loc = location(target)
+    try:
+        info = json.loads(loc.read_bytes(META))
+        weights = loc.local_path(WEIGHTS)  # memory-mapped on a local disk
+        state = load_file(str(weights)) if weights else load(loc.read_bytes(WEIGHTS))
+    except FileNotFoundError:
+        raise UserError(f"--target {os.fspath(target)!r} has no {META}/{WEIGHTS}") from None
     cfg = TargetConfig(**{**info["config"], "checkpoint": None})
     model = TargetModel(cfg)
-    model.load_state_dict(load_file(str(weights)))
+    model.load_state_dict(state)
     return model.eval()
 
 
-def target_id(target_dir: str | Path) -> str:
-    """Short digest of a target's weights: stores and drift networks record their target."""
+def target_id(target: str | os.PathLike) -> str:
+    """Short digest of a target's weights: stores and drift networks record their target (the
+    same bytes give the same id wherever they are stored)."""
     import hashlib
 
-    h = hashlib.sha256((Path(target_dir) / "target.safetensors").read_bytes())
-    return h.hexdigest()[:16]
+    return hashlib.sha256(location(target).read_bytes(WEIGHTS)).hexdigest()[:16]

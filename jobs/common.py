@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from hyperflow.errors import UserError
+from engine.storage import Location, check_access, location
 
 
 def add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -24,13 +23,25 @@ def add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     )
 
 
-def check_out_dir(out: Path, create: bool = True) -> Path:
-    """Refuse an --out path that is an existing file; create the directory if asked."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {str(out)!r} exists and is not a directory")
+def output(url: str, what: str = "--out", create: bool = True) -> Location:
+    """The Location of an output flag (a local path or a URL), checked before any work starts:
+    UserError (exit 2) naming `what` and the URL unless it can be written (engine.storage:
+    a probe object on object storage; locally an existing file in its place, or a directory
+    that cannot be written, is refused). A local directory is then created, unless not
+    `create`: the job creates it once it has results."""
+    loc = location(url)
+    check_access(loc, write=True, what=what)
     if create:
-        out.mkdir(parents=True, exist_ok=True)
-    return out
+        loc.makedirs()
+    return loc
+
+
+def source(url: str, what: str) -> Location:
+    """The Location of an input flag, UserError naming `what` and the URL unless it exists and
+    can be read (a wrong bucket or missing credentials fail here, not deep inside the job)."""
+    loc = location(url)
+    check_access(loc, write=False, what=what)
+    return loc
 
 
 def positive_int(value: str) -> int:

@@ -3,14 +3,15 @@
 Learning rates of the gradient methods come from the config or, when absent, from a grid searched
 on a few validation episodes of the held-out domains (as P>M>F does). Accuracy per domain with 95%
 confidence intervals, adaptation seconds per episode, and peak adaptation memory measured on a
-fresh actor per method go to DIR/results.json and DIR/results.md.
+fresh actor per method go to DIR/results.json and DIR/results.md. --target, --drift and --out may
+be local paths or URLs (s3://bucket/prefix, ...): every file goes through engine.storage, and the
+Ray actors are handed the URLs and read through it too.
 """
 
 from __future__ import annotations
 
 import argparse
 from collections import defaultdict
-from pathlib import Path
 
 import ray
 from tqdm import tqdm
@@ -31,16 +32,16 @@ from hyperflow.evaluation.plots import plot_loss_curves, plot_tradeoff
 from hyperflow.evaluation.report import markdown, summarize, write_report
 from hyperflow.evaluation.worker import EvalWorker
 from hyperflow.model import load_target
-from jobs.common import add_config_args, check_out_dir, positive_int
+from jobs.common import add_config_args, output, positive_int, source
 
 CHUNK = 4  # episodes per actor call: small enough to balance, large enough to amortise
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config_args(p)
-    p.add_argument("--target", required=True, help="directory written by `hyperflow pretrain`")
-    p.add_argument("--drift", help="a `hyperflow train` directory, or a directory of them")
-    p.add_argument("--out", required=True, help="directory for results.json, results.md, plots")
+    p.add_argument("--target", required=True, help="what `hyperflow pretrain` wrote (path or URL)")
+    p.add_argument("--drift", help="a `hyperflow train` output, or a directory/prefix of them")
+    p.add_argument("--out", required=True, help="directory or URL for results.json/.md, plots")
     p.add_argument("--dataset", help="dataset spec (default: the config's), e.g. folder:PATH")
     p.add_argument("--methods", help="comma-separated methods (default: the config's)")
     p.add_argument(
@@ -58,7 +59,12 @@ def run(args: argparse.Namespace) -> None:
     workers = args.workers or ev.workers
     names = args.methods.split(",") if args.methods else ev.methods
     dataset = args.dataset or cfg.data.dataset
-    out = check_out_dir(Path(args.out), create=False)  # created once the results exist
+    # a local --out is created once the results exist; unreadable inputs or an unwritable --out
+    # (path, bucket, credentials) fail here with exit 2, before Ray starts
+    out = output(args.out, create=False)
+    source(args.target, "--target")
+    if args.drift:
+        source(args.drift, "--drift")
 
     # setup: validate everything cheap before starting Ray
     model = load_target(args.target)
@@ -67,7 +73,7 @@ def run(args: argparse.Namespace) -> None:
     for d in domains:
         if d not in data.domains:
             raise UserError(f"evaluate domain {d!r} not in {dataset!r} ({data.names()})")
-    drifts = find_drift_dirs(Path(args.drift)) if args.drift else {}
+    drifts = find_drift_dirs(args.drift) if args.drift else {}
     for path in drifts.values():  # refuse a drift for another target here, not in every actor
         load_for_target(path, model)
     ec = cfg.episodes
@@ -130,13 +136,13 @@ def run(args: argparse.Namespace) -> None:
         d: {"split": data.domains[d].split, "family": data.domains[d].family} for d in domains
     }
     results = summarize(rows, methods, splits, header, memory)
-    out.mkdir(parents=True, exist_ok=True)
-    write_report(results, out)
-    plot_tradeoff(results, out / "accuracy_vs_time.png")
+    out.makedirs()
+    out.write_bytes("accuracy_vs_time.png", plot_tradeoff(results))
     if curves:
-        plot_loss_curves(curves, out / "loss_curves.png")
+        out.write_bytes("loss_curves.png", plot_loss_curves(curves))
+    write_report(results, out)  # results.json last: it marks the evaluation finished
     print(markdown(results))
-    print(f"wrote {out}/results.json, results.md and PNG plots")
+    print(f"wrote {out.url}/results.json, results.md and PNG plots")
 
 
 def _run(pool, jobs, methods, desc) -> list[dict]:

@@ -4,6 +4,10 @@ finishes an interrupted pipeline. Every stage runs as its own `hyperflow` proces
 command a user would type (printed before it runs).
 
 DIR/target  DIR/store  DIR/drift/<interpolant>  DIR/eval
+
+DIR may be a local path or a URL (s3://bucket/prefix, ...): the stages get URLs under it and
+whether a stage is finished is asked of the storage layer (engine.storage), so a pipeline on
+object storage resumes like a local one.
 """
 
 from __future__ import annotations
@@ -11,17 +15,18 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-from pathlib import Path
 
+from engine.storage import Location
 from hyperflow.config import load_config
 from hyperflow.errors import UserError
 from hyperflow.evaluation.plan import HYPERFLOW_METHODS
-from jobs.common import add_config_args, check_out_dir, positive_int
+from jobs.common import add_config_args, output, positive_int
+from jobs.train_state import CHECKPOINTS, complete_checkpoints
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config_args(p)
-    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--out", required=True, help="run directory or URL")
     p.add_argument("--workers", type=positive_int, help="Ray actors for collect and evaluate")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local one)")
     p.add_argument("--nproc", type=positive_int, default=1, help="training processes")
@@ -30,43 +35,44 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     # config: validated here so a typo fails before any stage starts
     cfg = load_config(args.config, args.set)
-    out = check_out_dir(Path(args.out))
+    out = output(args.out)  # a bad path, bucket or credentials: exit 2 before any stage
     common = ["--config", args.config] + [x for kv in args.set for x in ("--set", kv)]
     ray = (["--workers", str(args.workers)] if args.workers else []) + (
         ["--address", args.address] if args.address else []
     )
-    target, store, drift, evaluation = (out / n for n in ("target", "store", "drift", "eval"))
+    target, store, drift, evaluation = (out.child(n) for n in ("target", "store", "drift", "eval"))
     interpolants = [HYPERFLOW_METHODS[m] for m in cfg.evaluate.methods if m in HYPERFLOW_METHODS]
 
     # stages
-    if not (target / "target.json").is_file():
-        _stage("pretrain", common + ["--out", str(target)])
+    # target.json, drift.json and results.json are each their stage's last write
+    if not _done(target, "target.json"):
+        _stage("pretrain", common + ["--out", target.url])
     else:
-        print(f"[pipeline] pretrain: {target} exists, skipping")
+        print(f"[pipeline] pretrain: {target.url} exists, skipping")
     # collect resumes by itself: it skips committed shards and says when the store is complete
-    _stage("collect", common + ray + ["--target", str(target), "--out", str(store)])
+    _stage("collect", common + ray + ["--target", target.url, "--out", store.url])
     for interp in interpolants:
-        d = drift / interp
-        if (d / "drift.json").is_file():
-            print(f"[pipeline] train {interp}: {d} exists, skipping")
+        d = drift.child(interp)
+        if _done(d, "drift.json"):
+            print(f"[pipeline] train {interp}: {d.url} exists, skipping")
             continue
-        resume = ["--resume"] if any((d / "checkpoints").glob("step-*/progress.json")) else []
+        resume = ["--resume"] if complete_checkpoints(d.child(CHECKPOINTS)) else []
         _stage(
             "train",
             common
-            + ["--store", str(store), "--target", str(target), "--out", str(d)]
+            + ["--store", store.url, "--target", target.url, "--out", d.url]
             + ["--interpolant", interp, "--nproc", str(args.nproc)]
             + resume,
         )
-    if not (evaluation / "results.json").is_file():
-        drift_args = ["--drift", str(drift)] if interpolants else []
+    if not _done(evaluation, "results.json"):
+        drift_args = ["--drift", drift.url] if interpolants else []
         _stage(
             "evaluate",
-            common + ray + ["--target", str(target), "--out", str(evaluation)] + drift_args,
+            common + ray + ["--target", target.url, "--out", evaluation.url] + drift_args,
         )
     else:
-        print(f"[pipeline] evaluate: {evaluation / 'results.json'} exists, skipping")
-        print((evaluation / "results.md").read_text())
+        print(f"[pipeline] evaluate: {evaluation.url}/results.json exists, skipping")
+        print(evaluation.read_bytes("results.md").decode())
 
 
 def _stage(command: str, argv: list[str]) -> None:
@@ -75,3 +81,10 @@ def _stage(command: str, argv: list[str]) -> None:
     code = subprocess.call(cmd)
     if code != 0:
         raise UserError(f"stage {command!r} failed with exit code {code}; rerun to resume")
+
+
+def _done(loc: Location, key: str) -> bool:
+    """Whether `key` exists, as the stages (other processes) left it: fsspec backends cache
+    listings, which would hide objects written after this process first looked."""
+    loc.fs.invalidate_cache()
+    return loc.exists(key)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,12 +24,16 @@ from hyperflow.data import load_dataset
 from hyperflow.data.episodes import EpisodeSampler, build_episode
 from hyperflow.errors import UserError
 from hyperflow.model import TargetModel, cosine_logits, save_target
-from jobs.common import add_config_args, check_out_dir
+from jobs.common import add_config_args, output
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config_args(p)
-    p.add_argument("--out", required=True, help="directory for target.safetensors + target.json")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="directory or URL (s3://bucket/prefix, ...) for target.safetensors + target.json",
+    )
 
 
 def run(args: argparse.Namespace) -> None:
@@ -48,7 +51,7 @@ def run(args: argparse.Namespace) -> None:
     if not base:
         raise UserError(f"dataset {cfg.data.dataset!r} has no base domains to pretrain on")
     images, labels, n_classes = _pool(data, base)
-    out = check_out_dir(Path(args.out))
+    out = output(args.out)  # a bad path, bucket or credentials: exit 2 before training
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     head = torch.nn.Parameter(torch.randn(n_classes, model.feature_dim) * 0.01)
     params = [{"params": model.parameters()}, {"params": [head], "weight_decay": 0.0}]
@@ -99,7 +102,7 @@ def run(args: argparse.Namespace) -> None:
     model = accelerator.unwrap_model(model).cpu().eval()
     val = _episode_accuracy(model, data, base, cfg)
     accelerator.print(f"5-way {cfg.episodes.shot}-shot accuracy on base domains: {val:.3f}")
-    if accelerator.is_main_process:
+    if accelerator.is_main_process:  # one writer: every rank holds the same weights
         extra = {
             "dataset": cfg.data.dataset,
             "base_domains": base,
@@ -108,8 +111,8 @@ def run(args: argparse.Namespace) -> None:
             "base_episode_acc": round(val, 4),
             "run_config": to_dict(cfg),
         }
-        save_target(model, out, extra)
-        print(f"wrote {out / 'target.safetensors'} ({step} steps, {seconds:.0f} s)")
+        save_target(model, out.url, extra)
+        print(f"wrote {out.url}/target.safetensors ({step} steps, {seconds:.0f} s)")
 
 
 def _pool(data, domains: list[str]) -> tuple[np.ndarray, np.ndarray, int]:

@@ -6,14 +6,17 @@ per epoch across ranks, equal batch counts per rank), through one DataLoader ove
 a second time. `--nproc N` on a machine without a launcher
 checks the inputs, then re-executes this command under torchrun (gloo on CPU).
 
-Checkpoints: every train.checkpoint_every steps (and at the last step) each rank joins save_state
-into DIR/checkpoints/step-N/ and adds its t-sampling generator; progress.json, written last and
+--out (and --store, --target) may be a local path or a URL (s3://bucket/prefix, anything fsspec
+resolves; engine.storage). Checkpoints: every train.checkpoint_every steps (and at the last step)
+each rank joins save_state into DIR/checkpoints/step-N/ (through a temporary local directory on
+object storage, jobs.train_state) and adds its t-sampling generator; progress.json, written last and
 atomically once every rank is done, marks the checkpoint complete. `--resume` continues the same
 run from the newest complete checkpoint: same global step, same place in the epoch, same RNG
 streams, so a killed-and-resumed run takes the steps an uninterrupted one would have taken. The
 settings that fix the data order and the network (the "run signature") must match; train.steps may
 grow (the learning-rate schedule is then re-shaped for the new total). Log rows of steps after the
-checkpoint (work lost in the crash) are dropped, so DIR/train_log.jsonl stays one row per step.
+checkpoint (work lost in the crash) are dropped, so DIR/train_log.jsonl stays one row per step
+(on object storage it is rewritten at every checkpoint and at the end, jobs.train_state.StepLog).
 A fresh run refuses a directory that already holds checkpoints.
 
 Debug hook: with HYPERFLOW_TRAIN_SEEN=1 in the environment each rank r appends one JSON line per
@@ -30,7 +33,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
 from accelerate import Accelerator
@@ -46,15 +48,9 @@ from hyperflow.drift import DriftConfig, DriftNet, fit_normalizer_from_knots, sa
 from hyperflow.drift.objective import drift_loss
 from hyperflow.errors import UserError
 from hyperflow.model import target_id
-from jobs.common import add_config_args, check_out_dir, positive_int
+from jobs.common import add_config_args, output, positive_int, source
 from jobs.train_inputs import SupportCache, support_inputs
-from jobs.train_state import (
-    open_step_log,
-    preflight,
-    resume,
-    save_checkpoint,
-    write_row,
-)
+from jobs.train_state import StepLog, preflight, resume, save_checkpoint, write_row
 
 NORMALIZER_RECORDS = 256  # records (in manifest order, the same on every rank) for normalisers
 SEEN_ENV = "HYPERFLOW_TRAIN_SEEN"  # "1": each rank logs the record ids of every step
@@ -62,9 +58,11 @@ SEEN_ENV = "HYPERFLOW_TRAIN_SEEN"  # "1": each rank logs the record ids of every
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config_args(p)
-    p.add_argument("--store", required=True, help="a store written by `hyperflow collect`")
+    p.add_argument("--store", required=True, help="a store written by `hyperflow collect` (or URL)")
     p.add_argument("--target", required=True, help="the target the store was collected with")
-    p.add_argument("--out", required=True, help="directory for checkpoints, log and drift weights")
+    p.add_argument(
+        "--out", required=True, help="directory or URL for checkpoints, log and drift weights"
+    )
     p.add_argument("--interpolant", help="override train.interpolant")
     p.add_argument(
         "--nproc", type=positive_int, default=1, help="processes (torchrun, gloo on CPU)"
@@ -83,11 +81,13 @@ def run(args: argparse.Namespace) -> None:
         raise UserError(f"train.theta_noise must be >= 0, got {tc.theta_noise}")
     drift_cfg = DriftConfig(tc.size, tc.encoder, interpolant, tc.site_stats)
     drift_cfg.validate()  # before --out is created: a bad drift setting writes nothing
-    out = check_out_dir(Path(args.out))
-    ckpt_root = out / "checkpoints"
+    # unreadable inputs or an unwritable --out (path, bucket, credentials) fail here, exit 2
+    source(args.target, "--target")
+    source(args.store, "--store")
+    out = output(args.out)
     if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
         # fail here with one message rather than in every rank under torchrun's tracebacks
-        preflight(args, tc, interpolant, ckpt_root, args.nproc)
+        preflight(args, tc, interpolant, out, args.nproc)
         sys.exit(_relaunch(args))
 
     # setup
@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> None:
         step_scheduler_with_optimizer=False,
     )
     rank, world = accelerator.process_index, accelerator.num_processes
-    model, manifest, signature, resume_from = preflight(args, tc, interpolant, ckpt_root, world)
+    model, manifest, signature, resume_from = preflight(args, tc, interpolant, out, world)
     horizon = int(manifest.config["steps"])
     set_seed(tc.seed + rank)
     net = DriftNet(
@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> None:
     )
     # the same generator on every rank, so every rank computes the same normalisers
     _fit_normalizers(
-        net, model, Path(args.store), tc.format, interpolant, torch.Generator().manual_seed(tc.seed)
+        net, model, args.store, tc.format, interpolant, torch.Generator().manual_seed(tc.seed)
     )
     gen = torch.Generator().manual_seed(tc.seed * 1000 + rank)  # t samples; per rank
     opt = torch.optim.AdamW(
@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> None:
     # workers collate: a batch crosses to the trainer as 2 shared-memory tensors and a few small
     # pickled arrays, so the trainer's side of the hand-over is cheap (engine.stream.collate)
     stream = RecordStream(
-        Path(args.store),
+        args.store,
         tc.format,
         rank,
         world,
@@ -135,15 +135,13 @@ def run(args: argparse.Namespace) -> None:
     )
     step, epoch, start = 0, 0, 0
     if resume_from is not None:
-        step, epoch, start = resume(accelerator, resume_from, gen)
+        step, epoch, start = resume(accelerator, out, resume_from, gen)
     accelerator.print(
         f"training drift ({tc.size}, {interpolant}) on {sum(s.records for s in stream.shards)} "
         f"records, world size {world}, {len(stream)} steps/epoch per rank"
     )
-    log = open_step_log(out / "train_log.jsonl", step) if accelerator.is_main_process else None
-    seen = None
-    if os.environ.get(SEEN_ENV) == "1":
-        seen = open_step_log(out / f"seen-rank{rank}.jsonl", step)
+    log = StepLog(out, "train_log.jsonl", step) if accelerator.is_main_process else None
+    seen = StepLog(out, f"seen-rank{rank}.jsonl", step) if os.environ.get(SEEN_ENV) == "1" else None
     cache = SupportCache(tc.cache_records)  # frozen encoder: (features, site stats) per record
 
     # loop: one loader for the whole run (EpochStream), its workers read ahead across epochs
@@ -190,7 +188,10 @@ def run(args: argparse.Namespace) -> None:
                 # a checkpoint after an epoch's last batch points at the next epoch's start
                 done = i + 1 == len(stream)
                 position = (epoch + 1, 0) if done else (epoch, i + 1)
-                save_checkpoint(accelerator, ckpt_root, step, *position, signature, gen)
+                for f in (log, seen):  # the rows up to here are stored before the checkpoint
+                    if f is not None:
+                        f.sync()
+                save_checkpoint(accelerator, out, step, *position, signature, gen)
             if step >= tc.steps:
                 break
             wait_start = time.perf_counter()
@@ -208,8 +209,8 @@ def run(args: argparse.Namespace) -> None:
             "world_size": world,
             "train_config": to_dict(cfg)["train"],
         }
-        save_drift(core.net, out, extra)
-        print(f"wrote {out / 'drift.safetensors'} ({interpolant}, {step} steps)")
+        save_drift(core.net, out.url, extra)
+        print(f"wrote {out.url}/drift.safetensors ({interpolant}, {step} steps)")
 
 
 def _loader(stream: EpochStream, tc) -> DataLoader:

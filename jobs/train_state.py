@@ -1,50 +1,62 @@
 """Where a `hyperflow train` run stands: checks of target, store and checkpoints before any
 work; the run signature a resumed run must share with its checkpoint; saving and restoring a
 checkpoint (Accelerate state, each rank's t-sampling generator, and progress.json, whose presence
-marks the checkpoint complete); the per-step JSONL logs a resume trims back to its checkpoint."""
+marks the checkpoint complete); the per-step JSONL logs a resume trims back to its checkpoint.
+
+Checkpoints live under <out>/checkpoints/step-N/, a local directory or a URL prefix. Accelerate's
+save_state/load_state only take a local directory: on object storage each rank saves into a
+temporary directory and uploads every file of it (and downloads the checkpoint into one to
+resume); the temporary directory is removed afterwards. Local checkpoints are written in place.
+"""
 
 from __future__ import annotations
 
 import json
-import os
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from engine.manifest import Manifest, config_hash
+from engine.storage import Location
 from hyperflow.errors import UserError
 from hyperflow.model import TargetModel, load_target, target_id
 
+CHECKPOINTS, PROGRESS = "checkpoints", "progress.json"
 
-def preflight(args, tc, interpolant: str, ckpt_root: Path, world: int):
+
+def preflight(args, tc, interpolant: str, out: Location, world: int):
     """Check target, store and checkpoints before any work; returns (model, manifest,
-    run signature, checkpoint directory to resume from or None)."""
+    run signature, name of the checkpoint to resume from or None)."""
     model = load_target(args.target)
-    manifest = check_store(Path(args.store), args.target, model, tc.format)
+    manifest = check_store(args.store, args.target, model, tc.format)
     signature = run_signature(tc, interpolant, world, manifest)
-    done = complete_checkpoints(ckpt_root)
+    ckpts = out.child(CHECKPOINTS)
+    done = complete_checkpoints(ckpts)
     if not args.resume:
         if done:
             raise UserError(
-                f"--out {ckpt_root.parent} already holds checkpoints of a training run (newest "
-                f"{done[-1].name}); pass --resume to continue it, or choose another --out"
+                f"--out {out.url} already holds checkpoints of a training run (newest "
+                f"{done[-1]}); pass --resume to continue it, or choose another --out"
             )
         return model, manifest, signature, None
     if not done:
-        raise UserError(f"--resume: no complete checkpoint under {ckpt_root}")
-    saved = json.loads((done[-1] / "progress.json").read_text()).get("run", {})
+        raise UserError(f"--resume: no complete checkpoint under {ckpts.url}")
+    saved = json.loads(ckpts.read_bytes(f"{done[-1]}/{PROGRESS}")).get("run", {})
     for key, value in signature.items():
         if saved.get(key) != value:
             raise UserError(
-                f"--resume: checkpoint {done[-1]} was written with {key}={saved.get(key)!r}, "
+                f"--resume: checkpoint {ckpts.url}/{done[-1]} was written with "
+                f"{key}={saved.get(key)!r}, "
                 f"this run has {key}={value!r}; resume with the same settings or train into "
                 f"another --out"
             )
     return model, manifest, signature, done[-1]
 
 
-def check_store(store: Path, target_dir: str, model: TargetModel, fmt: str) -> Manifest:
+def check_store(store: str, target_dir: str, model: TargetModel, fmt: str) -> Manifest:
     manifest = Manifest.load(store)
     cfg = manifest.config
     if cfg.get("layout_hash") != model.layout.hash():
@@ -85,61 +97,113 @@ def run_signature(tc, interpolant: str, world: int, manifest: Manifest) -> dict:
     }
 
 
-def complete_checkpoints(root: Path) -> list[Path]:
-    """Complete checkpoints (progress.json written), oldest first."""
-    return sorted(p for p in root.glob("step-*") if (p / "progress.json").is_file())
+def complete_checkpoints(ckpts: Location) -> list[str]:
+    """Names (step-N) of the complete checkpoints (progress.json written), oldest first."""
+    return sorted(
+        k.split("/")[0]
+        for k in ckpts.find()
+        if k.startswith("step-") and k.count("/") == 1 and k.endswith(f"/{PROGRESS}")
+    )
 
 
-def _write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj))
-    os.replace(tmp, path)
+@contextmanager
+def _local_dir(loc: Location, key: str, upload: bool):
+    """A local directory standing for `key` under `loc`: the directory itself on a local disk;
+    on object storage a temporary one, filled from `key` first (upload=False) or uploaded
+    file by file to `key` when the block ends without an exception (upload=True)."""
+    here = loc.local_path(key)
+    if here is not None:
+        yield here
+        return
+    with tempfile.TemporaryDirectory(prefix="hyperflow-ckpt-") as tmp:
+        tmp = Path(tmp)
+        if not upload:
+            for rel in loc.find(key):
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                (tmp / rel).write_bytes(loc.read_bytes(f"{key}/{rel}"))
+        yield tmp
+        if upload:  # one object per file, one file in memory at a time
+            for f in sorted(p for p in tmp.rglob("*") if p.is_file()):
+                loc.write_bytes(f"{key}/{f.relative_to(tmp).as_posix()}", f.read_bytes())
 
 
-def save_checkpoint(accelerator, root, step, epoch, start, signature, gen) -> None:
-    path = root / f"step-{step:08d}"
-    accelerator.save_state(str(path))  # rank 0: model, optimizer, scheduler; every rank: RNG
-    # save_state leaves custom generators out (and registered objects are saved by rank 0 only)
-    gen_file = path / f"t_generator_rank{accelerator.process_index}.npy"
-    np.save(gen_file, gen.get_state().numpy(), allow_pickle=False)
+def save_checkpoint(accelerator, out: Location, step, epoch, start, signature, gen) -> None:
+    ckpts, name = out.child(CHECKPOINTS), f"step-{step:08d}"
+    with _local_dir(ckpts, name, upload=True) as path:
+        accelerator.save_state(str(path))  # rank 0: model, optimizer, scheduler; every rank: RNG
+        # save_state leaves custom generators out (and registered objects are saved by rank 0)
+        gen_file = path / f"t_generator_rank{accelerator.process_index}.npy"
+        np.save(gen_file, gen.get_state().numpy(), allow_pickle=False)
     accelerator.wait_for_everyone()  # save_state has no barrier: all ranks' files first
     if accelerator.is_main_process:
         progress = {"step": step, "epoch": epoch, "batches_done": start, "run": signature}
-        _write_json_atomic(path / "progress.json", progress)  # marks the checkpoint complete
+        # one object written whole, last: it marks the checkpoint complete
+        ckpts.write_bytes(f"{name}/{PROGRESS}", json.dumps(progress).encode())
     accelerator.wait_for_everyone()
 
 
-def resume(accelerator, path: Path, gen: torch.Generator) -> tuple[int, int, int]:
-    """Load checkpoint `path` (signature already checked); returns (step, epoch, start batch)."""
-    state = json.loads((path / "progress.json").read_text())
-    try:
-        accelerator.load_state(str(path))
-    except (RuntimeError, KeyError, ValueError) as e:
-        raise UserError(f"--resume: checkpoint {path} does not fit this network: {e}") from None
-    gen_file = path / f"t_generator_rank{accelerator.process_index}.npy"
-    if not gen_file.is_file():
-        raise UserError(f"--resume: checkpoint {path} lacks {gen_file.name}")
-    gen.set_state(torch.from_numpy(np.load(gen_file, allow_pickle=False)))
+def resume(accelerator, out: Location, name: str, gen: torch.Generator) -> tuple[int, int, int]:
+    """Load checkpoint `name` (signature already checked); returns (step, epoch, start batch)."""
+    ckpts = out.child(CHECKPOINTS)
+    where = f"{ckpts.url}/{name}"
+    state = json.loads(ckpts.read_bytes(f"{name}/{PROGRESS}"))
+    with _local_dir(ckpts, name, upload=False) as path:
+        try:
+            accelerator.load_state(str(path))
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise UserError(
+                f"--resume: checkpoint {where} does not fit this network: {e}"
+            ) from None
+        gen_file = path / f"t_generator_rank{accelerator.process_index}.npy"
+        if not gen_file.is_file():
+            raise UserError(f"--resume: checkpoint {where} lacks {gen_file.name}")
+        gen.set_state(torch.from_numpy(np.load(gen_file, allow_pickle=False)))
     accelerator.print(
-        f"resumed from {path} at global step {state['step']} "
+        f"resumed from {where} at global step {state['step']} "
         f"(epoch {state['epoch']}, batch {state['batches_done']})"
     )
     return state["step"], state["epoch"], state["batches_done"]
 
 
-def open_step_log(path: Path, keep_through: int):
-    """Open a per-step JSONL file for appending, first dropping rows of steps > keep_through
-    (0 on a fresh run: start empty; the resumed step: forget the steps lost in a crash)."""
-    rows = path.read_text().splitlines() if path.is_file() else []
-    kept = [r for r in rows if r.strip() and json.loads(r)["step"] <= keep_through]
-    if len(kept) != len(rows):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(r + "\n" for r in kept))
-        os.replace(tmp, path)
-    return open(path, "a")
+class StepLog:
+    """A per-step JSONL object under `out`, first trimmed to the rows of steps <= keep_through
+    (0 on a fresh run: start empty; the resumed step: forget the steps lost in a crash).
+
+    On a local disk every row is appended and flushed as it comes, so a killed run keeps every
+    step it logged. Object storage cannot append: the rows are kept in memory (they are small)
+    and sync() rewrites the whole object; train calls it before each checkpoint is marked
+    complete and at the end, so the object always holds at least the rows up to the newest
+    checkpoint, which is exactly what a resume keeps."""
+
+    def __init__(self, out: Location, key: str, keep_through: int):
+        self.out, self.key = out, key
+        rows = out.read_bytes(key).decode().splitlines() if out.exists(key) else []
+        self.rows = [r for r in rows if r.strip() and json.loads(r)["step"] <= keep_through]
+        if len(self.rows) != len(rows):
+            self.sync(force=True)
+        local = out.local_path(key)
+        self._file = open(local, "a") if local is not None else None
+
+    def write(self, row: dict) -> None:
+        line = json.dumps(row)
+        if self._file is None:
+            self.rows.append(line)
+            return
+        self._file.write(line + "\n")
+        self._file.flush()
+
+    def sync(self, force: bool = False) -> None:
+        """Object storage: rewrite the object with every row so far (local: already on disk)."""
+        if force or self.out.local_path(self.key) is None:
+            self.out.write_bytes(self.key, "".join(r + "\n" for r in self.rows).encode())
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        else:
+            self.sync()
 
 
-def write_row(f, row: dict) -> None:
-    if f is not None:
-        f.write(json.dumps(row) + "\n")
-        f.flush()  # a killed run keeps every step it logged
+def write_row(log: StepLog | None, row: dict) -> None:
+    if log is not None:
+        log.write(row)

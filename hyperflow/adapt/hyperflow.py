@@ -7,10 +7,12 @@ replace T Adam steps with backward passes through the target.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
 
+from engine.storage import location
 from hyperflow.adapt.methods import Adapted
 from hyperflow.bias import get_theta
 from hyperflow.data.episodes import Episode
@@ -20,23 +22,29 @@ from hyperflow.model import TargetModel
 from hyperflow.solvers import integrate
 
 
-def find_drift_dirs(path: Path) -> dict[str, str]:
-    """{interpolant: dir} from a `hyperflow train` directory or a directory of them."""
-    if not path.is_dir():
-        raise UserError(f"--drift {str(path)!r} is not a directory")
-    candidates = [path] if (path / "drift.json").is_file() else sorted(path.iterdir())
+def find_drift_dirs(path: str | os.PathLike) -> dict[str, str]:
+    """{interpolant: location} from a `hyperflow train` output or a directory (or prefix) of
+    them, local or a URL; the values are what load_drift and the Ray actors are handed."""
+    loc = location(path)
+    if loc.exists("drift.json"):
+        candidates = [loc]
+    elif loc.local and not Path(loc.root).is_dir():
+        raise UserError(f"--drift {os.fspath(path)!r} is not a directory")
+    else:  # object stores have no directories: an empty or missing prefix is caught below
+        candidates = [loc.child(name) for name in loc.list()]
     found: dict[str, str] = {}
     for d in candidates:
-        meta = d / "drift.json"
-        if meta.is_file():
-            interp = json.loads(meta.read_text())["interpolant"]
+        if d.exists("drift.json"):
+            interp = json.loads(d.read_bytes("drift.json"))["interpolant"]
             if interp in found:
                 raise UserError(
-                    f"two drift networks for interpolant {interp!r}: {found[interp]}, {d}"
+                    f"two drift networks for interpolant {interp!r}: {found[interp]}, {d.url}"
                 )
-            found[interp] = str(d)
+            found[interp] = d.url
     if not found:
-        raise UserError(f"--drift {str(path)!r} holds no drift.json (run `hyperflow train` first)")
+        raise UserError(
+            f"--drift {os.fspath(path)!r} holds no drift.json (run `hyperflow train` first)"
+        )
     return found
 
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save
 from torch import nn
 
+from engine.storage import Location, location
 from hyperflow.bias import BiasLayout
 from hyperflow.drift.network import DriftConfig, DriftNet
 from hyperflow.errors import UserError
@@ -28,34 +28,40 @@ def _state(net: DriftNet) -> dict:
     return {k: v.detach().contiguous().cpu() for k, v in state.items()}
 
 
-def save_drift(net: DriftNet, out_dir: str | Path, extra: dict | None = None) -> Path:
-    """Write out_dir/drift.safetensors and out_dir/drift.json (config, layout and its hash,
-    interpolant, horizon, feature_dim, `extra` under "extra"). Each file is written to a
-    temporary name and renamed, so a crash never leaves a half-written checkpoint."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+def save_drift(net: DriftNet, out: str | os.PathLike, extra: dict | None = None) -> Location:
+    """Write drift.safetensors, then drift.json (config, layout and its hash, interpolant,
+    horizon, feature_dim, `extra` under "extra") under `out`, a local directory or a URL. Each
+    object is written whole (engine.storage) and drift.json, which load_drift reads first, goes
+    last, so a crash never leaves a checkpoint that looks complete but is not."""
+    loc = location(out)
     meta = {"format": FORMAT, **net.export_config(), "extra": extra or {}}
     text = json.dumps(meta, indent=2, sort_keys=True)  # fails early if extra is not JSON-able
-    save_file(_state(net), str(out / (WEIGHTS + ".tmp")), metadata={"format": FORMAT})
-    (out / (META + ".tmp")).write_text(text)
-    os.replace(out / (WEIGHTS + ".tmp"), out / WEIGHTS)
-    os.replace(out / (META + ".tmp"), out / META)
-    return out
+    loc.write_bytes(WEIGHTS, save(_state(net), metadata={"format": FORMAT}))
+    loc.write_bytes(META, text.encode())
+    return loc
 
 
-def read_drift_meta(path: str | Path) -> dict:
-    """The parsed drift.json of a checkpoint directory (UserError if missing or foreign)."""
-    meta_path = Path(path) / META
-    if not meta_path.is_file():
-        raise UserError(f"no drift checkpoint at {str(path)!r}: {meta_path} does not exist")
-    meta = json.loads(meta_path.read_text())
+def read_drift_meta(path: str | os.PathLike) -> dict:
+    """The parsed drift.json of a checkpoint (UserError if missing or foreign)."""
+    loc = location(path)
+    try:
+        meta = json.loads(loc.read_bytes(META))
+    except FileNotFoundError:
+        raise UserError(
+            f"no drift checkpoint at {os.fspath(path)!r}: {loc.child(META).url} does not exist"
+        ) from None
     if meta.get("format") != FORMAT:
-        raise UserError(f"{meta_path} has format {meta.get('format')!r}, expected {FORMAT!r}")
+        raise UserError(
+            f"{loc.child(META).url} has format {meta.get('format')!r}, expected {FORMAT!r}"
+        )
     return meta
 
 
 def load_drift(
-    path: str | Path, encoder: nn.Module, feature_dim: int, expected_layout_hash: str | None = None
+    path: str | os.PathLike,
+    encoder: nn.Module,
+    feature_dim: int,
+    expected_layout_hash: str | None = None,
 ) -> DriftNet:
     """Rebuild a DriftNet saved by save_drift, with `encoder` ([N, C, H, W] -> [N, feature_dim]).
 
@@ -63,27 +69,35 @@ def load_drift(
     `expected_layout_hash`, e.g. a drift trained for another backbone or bias selection.
     """
     meta = read_drift_meta(path)
+    loc, where = location(path), os.fspath(path)
     layout = BiasLayout.from_json(meta["layout"])
     if layout.hash() != meta["layout_hash"]:
         raise UserError(
-            f"{Path(path) / META} is inconsistent: layout hashes to {layout.hash()}, "
+            f"{loc.child(META).url} is inconsistent: layout hashes to {layout.hash()}, "
             f"file says {meta['layout_hash']}"
         )
     if expected_layout_hash is not None and layout.hash() != expected_layout_hash:
         raise UserError(
-            f"drift at {str(path)!r} was trained for bias layout {layout.hash()}, "
+            f"drift at {where!r} was trained for bias layout {layout.hash()}, "
             f"but the target model has bias layout {expected_layout_hash}"
         )
     if int(meta["feature_dim"]) != feature_dim:
         raise UserError(
-            f"drift at {str(path)!r} expects encoder features of size {meta['feature_dim']}, "
+            f"drift at {where!r} expects encoder features of size {meta['feature_dim']}, "
             f"got feature_dim={feature_dim}"
         )
     net = DriftNet(layout, DriftConfig(**meta["config"]), encoder, feature_dim, meta["horizon"])
-    missing, unexpected = net.load_state_dict(load_file(str(Path(path) / WEIGHTS)), strict=False)
+    try:
+        state = load(loc.read_bytes(WEIGHTS))
+    except FileNotFoundError:
+        raise UserError(
+            f"{loc.child(WEIGHTS).url} does not exist (drift.json without weights)"
+        ) from None
+    missing, unexpected = net.load_state_dict(state, strict=False)
     if net.frozen_encoder:  # the target encoder's weights are deliberately not in the file
         missing = [k for k in missing if not k.startswith("encoder.")]
     if missing or unexpected:
-        weights = Path(path) / WEIGHTS
-        raise UserError(f"{weights} does not match drift.json: {missing=} {unexpected=}")
+        raise UserError(
+            f"{loc.child(WEIGHTS).url} does not match drift.json: {missing=} {unexpected=}"
+        )
     return net

@@ -1,9 +1,12 @@
-"""The evaluation's PNG plots: accuracy against adaptation time, and support loss along the path."""
+"""The evaluation's PNG plots: accuracy against adaptation time, and support loss along the path.
+
+Each plot is returned as PNG bytes, for the caller to store wherever --out is (engine.storage).
+"""
 
 from __future__ import annotations
 
+import io
 from collections import defaultdict
-from pathlib import Path
 
 import matplotlib
 
@@ -11,7 +14,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 
 
-def plot_tradeoff(results: dict, path: Path) -> None:
+def plot_tradeoff(results: dict) -> bytes:
     """Held-out accuracy vs adaptation seconds per episode; HyperFlow lines marked by steps."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     lines = defaultdict(list)  # interpolant method -> [(seconds, acc, steps)]
@@ -37,11 +40,10 @@ def plot_tradeoff(results: dict, path: Path) -> None:
     if lines:
         ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return _png(fig, dpi=120)
 
 
-def plot_loss_curves(curves: list[dict], path: Path) -> None:
+def plot_loss_curves(curves: list[dict]) -> bytes:
     """One panel per domain: L(theta_t) / L(theta_0) against t / T for every method."""
     by_domain = defaultdict(list)
     for c in curves:
@@ -68,5 +70,11 @@ def plot_loss_curves(curves: list[dict], path: Path) -> None:
     axes.flat[0].legend(fontsize=7)
     fig.suptitle("Relative support loss along the adaptation path (Euler for HyperFlow)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    return _png(fig, dpi=110)
+
+
+def _png(fig, dpi: int) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
     plt.close(fig)
+    return buf.getvalue()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from pathlib import Path
 
+from engine.storage import Location
 from hyperflow.evaluation.stats import mean_ci95
 from hyperflow.evaluation.worker import MethodSpec
 
@@ -69,12 +69,8 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(results: dict, out: Path) -> None:
-    """results.json and results.md, each written to a temp name and renamed."""
-    for name, text in (
-        ("results.json", json.dumps(results, indent=1)),
-        ("results.md", markdown(results)),
-    ):
-        tmp = out / (name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(out / name)
+def write_report(results: dict, out: Location) -> None:
+    """results.md, then results.json (what `hyperflow pipeline` takes as "evaluate is done"),
+    each written whole (engine.storage: temp file + rename locally, one PUT on object stores)."""
+    out.write_bytes("results.md", markdown(results).encode())
+    out.write_bytes("results.json", json.dumps(results, indent=1).encode())

@@ -9,6 +9,7 @@ from hyperflow.model import (
     load_target,
     prototypes,
     save_target,
+    target_id,
 )
 
 
@@ -46,3 +47,19 @@ def test_save_load_round_trip(tiny_model, tmp_path):
 def test_load_missing_target_is_a_clear_error(tmp_path):
     with pytest.raises(UserError, match="target.json"):
         load_target(tmp_path / "nope")
+
+
+def test_target_round_trips_through_s3(tiny_model, tmp_path, s3):
+    url = s3["url"] + "/runs/target"
+    save_target(tiny_model, url, {"note": "x"})
+    save_target(tiny_model, tmp_path / "local", {"note": "x"})
+    again = load_target(url)
+    want, got = tiny_model.state_dict(), again.state_dict()
+    assert got.keys() == want.keys()
+    for k in want:
+        assert torch.equal(got[k], want[k]), k
+    assert again.layout.hash() == tiny_model.layout.hash()
+    # the id names the weights, not where they are stored
+    assert target_id(url) == target_id(tmp_path / "local")
+    with pytest.raises(UserError, match=f"{s3['url']}/runs/nope"):
+        load_target(s3["url"] + "/runs/nope")

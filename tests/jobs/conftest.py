@@ -19,15 +19,25 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
-def hyperflow(*argv: str, check: bool = True, timeout: float = 600, env: dict | None = None):
-    """Run `python -m jobs.cli ARGV` in a subprocess; returns CompletedProcess (text)."""
+def hyperflow(
+    *argv: str,
+    check: bool = True,
+    timeout: float = 600,
+    env: dict | None = None,
+    cwd: Path | None = None,
+):
+    """Run `python -m jobs.cli ARGV` in a subprocess; returns CompletedProcess (text).
+
+    cwd: the working directory (default: the repository, which then supplies the packages);
+    elsewhere PYTHONPATH points at the repository, so a test can check what lands in cwd."""
+    extra = {} if cwd is None else {"PYTHONPATH": str(REPO)}
     proc = subprocess.run(
         [sys.executable, "-m", "jobs.cli", *argv],
-        cwd=REPO,
+        cwd=REPO if cwd is None else cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, **extra, **(env or {})},
     )
     if check and proc.returncode != 0:
         raise AssertionError(

@@ -4,7 +4,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hyperflow.drift import DriftConfig, DriftNet, load_drift, save_drift, timm_encoder
+from hyperflow.drift import (
+    DriftConfig,
+    DriftNet,
+    load_drift,
+    read_drift_meta,
+    save_drift,
+    timm_encoder,
+)
 from hyperflow.errors import UserError
 
 H = 5.0
@@ -87,3 +94,19 @@ def test_refuses_tampered_or_missing_checkpoints(tmp_path, layout, encoder):
     (tmp_path / "drift.json").write_text(json.dumps(meta))
     with pytest.raises(UserError, match="inconsistent"):
         load_drift(tmp_path, encoder, encoder.feature_dim)
+
+
+def test_round_trip_on_s3(s3, layout, encoder, support_factory):
+    net = trained_looking_net(layout, encoder, encoder.feature_dim, DriftConfig(site_stats=False))
+    url = s3["url"] + "/drift/linear"
+    save_drift(net, url, extra={"epochs": 3})
+    assert read_drift_meta(url)["extra"] == {"epochs": 3}
+    loaded = load_drift(url, encoder, encoder.feature_dim, layout.hash()).eval()
+    supports = [support_factory(3, [1, 2, 3], 0)]
+    theta, t = torch.randn(1, layout.size), torch.tensor([1.25])
+    with torch.no_grad():
+        expected = net(theta, t, net.encode_tasks(supports))
+        got = loaded(theta, t, loaded.encode_tasks(supports))
+    assert torch.equal(got, expected)
+    with pytest.raises(UserError, match=f"{s3['url']}/drift/nowhere"):
+        load_drift(s3["url"] + "/drift/nowhere", encoder, encoder.feature_dim)
