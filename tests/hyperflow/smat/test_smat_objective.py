@@ -21,6 +21,8 @@ def sharp_model(tiny_model):
     model = copy.deepcopy(tiny_model)
     with torch.no_grad():
         model.logit_scale.fill_(100.0)
+    for p in model.parameters():  # the session model may carry other tests' flags
+        p.requires_grad_(True)
     return model.eval()
 
 
