@@ -9,13 +9,16 @@ threads, since hashlib and the storage reads release the GIL.
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 from engine.manifest import Manifest, ShardInfo
-from engine.storage import Location
+from engine.storage import Location, location
 
 _BLOCK = 4 << 20
+_CHUNK = 64  # shards per process task
 THREADS = max(2, os.cpu_count() or 1)
 
 
@@ -49,14 +52,30 @@ def _check_shard(loc: Location, s: ShardInfo) -> list[str]:
     return [m for k, v in s.objects.items() for m in _check_object(loc, who, k, v)]
 
 
+def _check_local(root: str, shards: list[ShardInfo]) -> list[list[str]]:
+    loc = location(root)
+    return [_check_shard(loc, s) for s in shards]
+
+
 def verify_shards(loc: Location, shards: list[ShardInfo], threads: int = THREADS) -> dict:
     """{shard path: problems} for every shard in `shards` (re-hashing all their objects).
 
-    One pool task per shard, not per object: a Zarr shard is a dozen small objects, and a task
-    per object cost as much as hashing them."""
-    with ThreadPoolExecutor(threads) as pool:
-        results = pool.map(lambda s: _check_shard(loc, s), shards, chunksize=1)
-        return {s.path: problems for s, problems in zip(shards, results)}
+    Local stores are checked by `threads` processes, `_CHUNK` shards per task: a Zarr shard is a
+    dozen small objects, and the Python work per object (open, read, compare) holds the GIL for
+    about as long as hashing it takes, so threads left half the machine's sha256 rate unused.
+    Remote stores wait on the network: threads, one shard per task."""
+    # fork only a single-threaded process (a fork copies locks other threads may hold); spawn
+    # would re-run a __main__ that may be a notebook or stdin
+    if loc.local and len(shards) > _CHUNK and threading.active_count() == 1:
+        chunks = [shards[i : i + _CHUNK] for i in range(0, len(shards), _CHUNK)]
+        ctx = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(threads, mp_context=ctx) as pool:
+            results = pool.map(_check_local, [loc.root] * len(chunks), chunks)
+            problems = [p for chunk in results for p in chunk]
+    else:
+        with ThreadPoolExecutor(threads) as pool:
+            problems = list(pool.map(lambda s: _check_shard(loc, s), shards))
+    return {s.path: p for s, p in zip(shards, problems)}
 
 
 def verify(root) -> list[str]:
