@@ -1,23 +1,29 @@
-"""Collection across several Ray nodes on one machine (ray.cluster_utils.Cluster, as Ray's own
-tests do): a head with no CPUs, so every actor runs on a worker node, and worker nodes that are
-removed hard mid-run. All on 127.0.0.1; the test ends exactly the processes it started."""
+"""Collection and evaluation across several Ray nodes on one machine (ray.cluster_utils.Cluster,
+as Ray's own tests do): a head with no CPUs, so every actor runs on a worker node, and worker
+nodes that are removed hard mid-run. All on 127.0.0.1; the test ends exactly the processes it
+started."""
 
 from __future__ import annotations
 
+import json
 import sys
 import time
+from collections import Counter
 
 import pytest
 import ray
 from ray._private import ray_constants
 from ray.cluster_utils import Cluster
 
+import engine.pool
+import jobs.evaluate
 from engine.collect import collect
 from engine.errors import UserError
 from engine.inspect import inspect_store
 from engine.pool import ResilientPool
 from engine.stores import open_store, read_records
 from engine.synthetic import SyntheticSimulator
+from jobs.cli import main
 
 EPISODES, SHARD = 240, 12  # 20 shards, one record each per episode
 
@@ -103,3 +109,34 @@ def test_an_actor_no_node_can_take_ends_the_job_naming_the_resources(nodes):
     with pytest.raises(UserError, match=r"could not be placed.*'GPU': 1"):
         ResilientPool(Idle, 1, {}, num_cpus=1, num_gpus=1, placement_timeout=3)
     assert time.monotonic() - start < 60
+
+
+def test_a_node_lost_mid_evaluation_leaves_every_episode_counted_once(
+    nodes, tiny_target, tmp_path, monkeypatch
+):
+    cluster, workers = nodes
+
+    class LoseANode(engine.pool.ResilientPool):
+        lost = False
+
+        def map_unordered(self, method, items, unpack=False):
+            for out in super().map_unordered(method, items, unpack):
+                if method == "run" and not LoseANode.lost:  # after the first episodes' rows
+                    LoseANode.lost = True
+                    cluster.remove_node(workers[1], allow_graceful=False)
+                    workers[1] = cluster.add_node(num_cpus=1)
+                yield out
+
+    monkeypatch.setattr(jobs.evaluate, "ResilientPool", LoseANode)
+    out = tmp_path / "eval"
+    argv = ["evaluate", "--config", "tiny", "--target", str(tiny_target), "--out", str(out)]
+    argv += ["--methods", "direct,bias_tuning", "--episodes", "4"]
+    assert main([*argv, "--address", cluster.address]) == 0
+    assert LoseANode.lost, "no node was lost"
+    results = json.loads((out / "results.json").read_text())
+    domains = set(results["domains"])
+    for method in ("direct", "bias_tuning"):
+        acc = results["methods"][method]["acc"]
+        assert set(acc) == domains, method
+        counts = Counter({d: acc[d]["n"] for d in acc})
+        assert set(counts.values()) == {4}, f"{method}: episodes per domain {dict(counts)}"
