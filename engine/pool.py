@@ -28,7 +28,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from engine.errors import UserError
 
-_DEAD = (RayActorError, ActorDiedError, ActorUnavailableError)
+ACTOR_DEATHS = (RayActorError, ActorDiedError, ActorUnavailableError)
 
 
 def resolve_address(address: str | None) -> str | None:
@@ -141,7 +141,7 @@ class ResilientPool:
         done, pending = ray.wait(self._ready, num_returns=n, timeout=timeout)
         try:
             ray.get(done)
-        except _DEAD as e:
+        except ACTOR_DEATHS as e:
             self.shutdown()
             raise UserError(f"{self._remote} workers failed to start: {e}") from None
         if pending:
@@ -198,7 +198,7 @@ class ResilientPool:
             load[i] -= 1
             try:
                 result = ray.get(ref)
-            except _DEAD as e:
+            except ACTOR_DEATHS as e:
                 queue.appendleft(item)
                 if self.replaced >= budget:
                     raise RuntimeError(

@@ -16,7 +16,7 @@ from collections import defaultdict
 import ray
 from tqdm import tqdm
 
-from engine.pool import ResilientPool, connect
+from engine.pool import ACTOR_DEATHS, ResilientPool, connect
 from hyperflow.adapt.hyperflow import find_drift_dirs, load_for_target
 from hyperflow.config import load_config
 from hyperflow.data import load_dataset
@@ -177,16 +177,27 @@ def _best_lrs(rows, candidates) -> dict[str, float]:
     return {k: v[1] for k, v in best.items()}
 
 
-def measure_memory(methods, job, init) -> dict[str, int]:
+def measure_memory(methods, job, init, attempts: int = 3) -> dict[str, int]:
     """Peak adaptation memory per method, each on a fresh single-use actor (2 at a time); init:
-    EvalWorker arguments. Ray must be connected."""
+    EvalWorker arguments. Ray must be connected. A measurement whose actor dies (its node lost)
+    is retried on a new actor, up to `attempts` times."""
     remote = ray.remote(EvalWorker).options(num_cpus=1, runtime_env={"env_vars": MEASURE_ENV})
     out, todo = {}, list(methods)
     while todo:
         batch, todo = todo[:2], todo[2:]
-        actors = [remote.remote(**init) for _ in batch]
-        values = ray.get([a.memory.remote((m, job)) for a, m in zip(actors, batch)])
-        out.update({m.name: v for m, v in zip(batch, values)})
-        for a in actors:
-            ray.kill(a)
+        for _ in range(attempts):
+            actors = [remote.remote(**init) for _ in batch]
+            refs = [a.memory.remote((m, job)) for a, m in zip(actors, batch)]
+            for m, ref in zip(batch, refs):
+                try:
+                    out[m.name] = ray.get(ref)
+                except ACTOR_DEATHS as e:
+                    print(f"memory measurement of {m.name} lost its actor ({e}); retrying")
+            for a in actors:
+                ray.kill(a)
+            batch = [m for m in batch if m.name not in out]
+            if not batch:
+                break
+        if batch:
+            raise RuntimeError(f"memory of {[m.name for m in batch]}: {attempts} actors died")
     return out
