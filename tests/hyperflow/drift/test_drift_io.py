@@ -45,12 +45,7 @@ def test_round_trip_with_the_target_encoder(tmp_path, layout, encoder, support_f
     assert "velocity_scale" in weights and "theta_offset" in weights
 
     loaded = load_drift(tmp_path / "d", encoder, encoder.feature_dim, layout.hash()).eval()
-    supports = [support_factory(3, [1, 2, 3], 0)]
-    theta, t = torch.randn(1, layout.size), torch.tensor([1.25])
-    with torch.no_grad():
-        expected = net(theta, t, net.encode_tasks(supports))
-        got = loaded(theta, t, loaded.encode_tasks(supports))
-    assert torch.equal(got, expected)
+    _assert_same_outputs(net, loaded, support_factory, layout)
 
 
 def test_round_trip_saves_a_trained_timm_encoder(tmp_path, layout, support_factory):
@@ -102,11 +97,15 @@ def test_round_trip_on_s3(s3, layout, encoder, support_factory):
     save_drift(net, url, extra={"epochs": 3})
     assert read_drift_meta(url)["extra"] == {"epochs": 3}
     loaded = load_drift(url, encoder, encoder.feature_dim, layout.hash()).eval()
+    _assert_same_outputs(net, loaded, support_factory, layout)
+    with pytest.raises(UserError, match=f"{s3['url']}/drift/nowhere"):
+        load_drift(s3["url"] + "/drift/nowhere", encoder, encoder.feature_dim)
+
+
+def _assert_same_outputs(net, loaded, support_factory, layout) -> None:
     supports = [support_factory(3, [1, 2, 3], 0)]
     theta, t = torch.randn(1, layout.size), torch.tensor([1.25])
     with torch.no_grad():
         expected = net(theta, t, net.encode_tasks(supports))
         got = loaded(theta, t, loaded.encode_tasks(supports))
     assert torch.equal(got, expected)
-    with pytest.raises(UserError, match=f"{s3['url']}/drift/nowhere"):
-        load_drift(s3["url"] + "/drift/nowhere", encoder, encoder.feature_dim)
