@@ -128,6 +128,11 @@ class Manifest:
                 f"store {loc.url} has schema_version {d.get('schema_version')!r}, "
                 f"this code reads {SCHEMA_VERSION}"
             )
+        if any("objects" not in s for s in d["shards"]):  # per-shard sha256, ids in the manifest
+            raise UserError(
+                f"store {loc.url} was written by an older hyperflow (a manifest rewritten per "
+                "commit, before commit objects); collect into a new location"
+            )
         m = cls(loc, d["config"], d["formats"], [_info(s) for s in d["shards"]])
         m._compacted = len(d["shards"])
         newer = [

@@ -128,3 +128,14 @@ def test_commit_refuses_duplicates(tmp_path, config):
 def test_load_missing_store_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="no trajectory store"):
         Manifest.load(tmp_path / "nope")
+
+
+def test_a_store_of_the_older_manifest_format_is_refused_clearly(tmp_path, config):
+    old = {"schema_version": 1, "config": config, "formats": ["wds"], "shards": []}
+    old["shards"].append(
+        {"name": "shard-000000", "format": "wds", "path": "wds/shard-000000.tar", "records": 1,
+         "bytes": 10, "sha256": "0" * 64, "ids": ["a"], "domains": {"latin": 1}}
+    )  # fmt: skip
+    (tmp_path / "manifest.json").write_text(json.dumps(old))
+    with pytest.raises(UserError, match="older hyperflow"):
+        Manifest.load(tmp_path)
