@@ -37,7 +37,7 @@ from pathlib import Path
 
 from engine.checksum import verify_shards
 from engine.manifest import MANIFEST, Manifest
-from engine.storage import location
+from engine.storage import check_access, location
 from jobs.benches.scale_driver import peak_rss
 
 SHARD_RECORDS = 100
@@ -133,6 +133,7 @@ def bench(args) -> dict:
     tmp = None
     if args.out:
         store = args.out
+        check_access(location(store), write=True, what="--out")  # exit 2 before any work
     else:
         tmp = tempfile.mkdtemp(prefix="hf-bench-scale-")
         store = os.path.join(tmp, "store")

@@ -31,3 +31,9 @@ def test_scale_bench_on_s3_loses_and_duplicates_nothing_across_a_driver_kill(s3,
     for fmt in ("zarr", "wds"):
         ids = [rec.id for rec in read_records(url, fmt)]
         assert len(ids) == len(set(ids)) == RECORDS, fmt
+
+
+def test_scale_bench_refuses_an_unwritable_out_before_any_work(s3, cli):
+    url = "s3://hyperflow-no-such-bucket-5e2a/scale"
+    proc = cli("bench", "scale", "--records", "100", "--out", url, env=s3["env"], check=False)
+    assert proc.returncode == 2 and url in proc.stderr and "Traceback" not in proc.stderr
