@@ -16,7 +16,6 @@ from tqdm import tqdm
 from engine.collect import collect
 from engine.pool import check_reachable, connect, resolve_address
 from engine.record import THETA_DTYPES, make_id
-from engine.storage import check_access, location
 from engine.stores import open_store, remove_uncommitted, shard_name
 from engine.stores.encoding import THETA_ENCODINGS
 from hyperflow.config import load_config
@@ -31,7 +30,7 @@ from hyperflow.simulator import (
     CollectSpec,
     shard_episodes,
 )
-from jobs.common import add_config_args, positive_int
+from jobs.common import add_config_args, output, positive_int, source
 
 FORMATS = {"zarr": ["zarr"], "wds": ["wds"], "both": ["zarr", "wds"]}
 
@@ -93,9 +92,8 @@ def run(args: argparse.Namespace) -> None:
     address = resolve_address(args.address)
     if address is not None:  # before the store is created: a typo must not leave one behind
         check_reachable(address)
-    out, target = location(args.out), location(args.target)
-    check_access(target, write=False, what="--target")
-    check_access(out, write=True, what="--out")  # before anything is written there
+    target = source(args.target, "--target")
+    out = output(args.out, create=False)  # checked before anything is written there
 
     # setup: validate everything before the store or Ray is touched
     model = load_target(target.url)
