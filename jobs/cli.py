@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     chosen = next((a for a in argv if not a.startswith("-")), "")
     args = build_parser(only=chosen if chosen in COMMANDS else "").parse_args(argv)
+    args.argv = list(argv)  # the command line, for commands that re-run themselves (jobs.launch)
     try:
         args._run(args)
     except UserError as e:

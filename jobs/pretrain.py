@@ -3,11 +3,16 @@
 Supervised cosine-classifier training over every base class (a fast route to ProtoNet-ready
 features), with the same small random affine/contrast augmentation the adapters use. The learned
 classifier scale becomes the ProtoNet logit scale.
+
+`--nproc N` trains with N data-parallel ranks (and `--nnodes M --rdzv-endpoint HOST:PORT` across
+machines; jobs.launch): each rank sees its share of every epoch's batches, and the loss goes
+through the wrapped module's forward so that DDP syncs every gradient, the head's included.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import numpy as np
@@ -25,6 +30,7 @@ from hyperflow.data.episodes import EpisodeSampler, build_episode
 from hyperflow.errors import UserError
 from hyperflow.model import TargetModel, cosine_logits, save_target
 from jobs.common import add_config_args, output
+from jobs.launch import add_launch_arguments, needs_launch, relaunch
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,6 +40,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         required=True,
         help="directory or URL (s3://bucket/prefix, ...) for target.safetensors + target.json",
     )
+    add_launch_arguments(p)
+
+
+class _Classifier(torch.nn.Module):
+    """Backbone + cosine head in one module: DDP only syncs what its forward uses."""
+
+    def __init__(self, model: TargetModel, n_classes: int):
+        super().__init__()
+        self.model = model
+        self.head = torch.nn.Parameter(torch.randn(n_classes, model.feature_dim) * 0.01)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x float [B, C, H, W] -> [B, classes]
+        return self.model.logit_scale * cosine_logits(self.head, self.model.features(x))
 
 
 def run(args: argparse.Namespace) -> None:
@@ -52,9 +71,11 @@ def run(args: argparse.Namespace) -> None:
         raise UserError(f"dataset {cfg.data.dataset!r} has no base domains to pretrain on")
     images, labels, n_classes = _pool(data, base)
     out = output(args.out)  # a bad path, bucket or credentials: exit 2 before training
+    if needs_launch(args):
+        sys.exit(relaunch(args))
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    head = torch.nn.Parameter(torch.randn(n_classes, model.feature_dim) * 0.01)
-    params = [{"params": model.parameters()}, {"params": [head], "weight_decay": 0.0}]
+    net = _Classifier(model, n_classes)
+    params = [{"params": model.parameters()}, {"params": [net.head], "weight_decay": 0.0}]
     opt = torch.optim.AdamW(params, lr=pc.lr, weight_decay=pc.weight_decay)
     loader = torch.utils.data.DataLoader(
         torch.utils.data.TensorDataset(torch.from_numpy(images), torch.from_numpy(labels)),
@@ -65,8 +86,9 @@ def run(args: argparse.Namespace) -> None:
     )
     total = pc.epochs * len(loader)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=pc.lr, total_steps=total, pct_start=0.1)
-    model, opt, loader, sched = accelerator.prepare(model, opt, loader, sched)
-    gen = torch.Generator().manual_seed(pc.seed)
+    net, opt, loader, sched = accelerator.prepare(net, opt, loader, sched)
+    # augmentations differ per rank, as the batches do
+    gen = torch.Generator().manual_seed(pc.seed + accelerator.process_index)
     accelerator.print(
         f"pretrain {cfg.target.backbone} on {len(base)} base domains, {n_classes} classes, "
         f"{len(images)} images, P={model.layout.size} biases, "
@@ -75,14 +97,16 @@ def run(args: argparse.Namespace) -> None:
 
     # loop
     start, step = time.time(), 0
-    bar = tqdm(total=total, desc="pretrain", disable=not accelerator.is_main_process)
+    # this rank's steps: prepare() split the loader's batches over the ranks
+    bar = tqdm(
+        total=pc.epochs * len(loader), desc="pretrain", disable=not accelerator.is_main_process
+    )
     out_of_time = False
     for epoch in range(pc.epochs):
-        model.train()
+        net.train()
         for x, y in loader:
-            x = augment(model.preprocess(x).cpu(), gen).to(accelerator.device)
-            logits = model.logit_scale * cosine_logits(head, model.features(x))
-            loss = F.cross_entropy(logits, y)
+            x = augment(TargetModel.preprocess(x).cpu(), gen).to(accelerator.device)
+            loss = F.cross_entropy(net(x), y)
             opt.zero_grad()
             accelerator.backward(loss)
             opt.step()
@@ -90,7 +114,8 @@ def run(args: argparse.Namespace) -> None:
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}", scale=f"{model.logit_scale.item():.1f}")
-            out_of_time = time.time() - start > pc.max_seconds
+            # every rank must stop at the same step, or the others wait in the next all-reduce
+            out_of_time = _any_rank(accelerator, time.time() - start > pc.max_seconds)
             if out_of_time:
                 break
         if out_of_time:
@@ -99,20 +124,28 @@ def run(args: argparse.Namespace) -> None:
     bar.close()
     seconds = time.time() - start
 
-    model = accelerator.unwrap_model(model).cpu().eval()
-    val = _episode_accuracy(model, data, base, cfg)
-    accelerator.print(f"5-way {cfg.episodes.shot}-shot accuracy on base domains: {val:.3f}")
+    model = accelerator.unwrap_model(net).model.cpu().eval()
     if accelerator.is_main_process:  # one writer: every rank holds the same weights
+        val = _episode_accuracy(model, data, base, cfg)
+        print(f"5-way {cfg.episodes.shot}-shot accuracy on base domains: {val:.3f}")
         extra = {
             "dataset": cfg.data.dataset,
             "base_domains": base,
             "steps": step,
+            "world_size": accelerator.num_processes,
             "train_seconds": round(seconds, 1),
             "base_episode_acc": round(val, 4),
             "run_config": to_dict(cfg),
         }
         save_target(model, out.url, extra)
         print(f"wrote {out.url}/target.safetensors ({step} steps, {seconds:.0f} s)")
+
+
+def _any_rank(accelerator: Accelerator, flag: bool) -> bool:
+    if accelerator.num_processes == 1:
+        return flag
+    t = torch.tensor([float(flag)], device=accelerator.device)
+    return bool(accelerator.reduce(t, reduction="sum").item() > 0)
 
 
 def _pool(data, domains: list[str]) -> tuple[np.ndarray, np.ndarray, int]:

@@ -69,6 +69,16 @@ class Episode:
     def way(self) -> int:
         return len(self.spec.classes)
 
+    def to(self, device: torch.device | str) -> Episode:
+        """The same episode with its tensors on `device` (the adapting actor's device)."""
+        return Episode(
+            self.spec,
+            self.support_x.to(device),
+            self.support_y.to(device),
+            self.query_x.to(device),
+            self.query_y.to(device),
+        )
+
 
 def _check_sizes(**sizes: int) -> None:
     for name, value in sizes.items():
