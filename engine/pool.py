@@ -14,6 +14,7 @@ message naming the missing resources instead of waiting forever.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
@@ -71,12 +72,38 @@ def check_reachable(address: str, timeout: float = 5.0) -> None:
         ) from None
 
 
+# Ray's own: a job's entrypoint and every driver it starts inherit the job's config from it
+JOB_CONFIG_VAR = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+RUNTIME_ENV_VAR = "HYPERFLOW_RAY_RUNTIME_ENV"  # JSON runtime env for connect(), see stage_env
+
+
+def stage_env(code_dirs: list[str]) -> dict[str, str]:
+    """The environment for a driver started from inside a Ray job (a pipeline stage).
+
+    Such a driver must not inherit the job's config: when it exits, Ray deletes the job's
+    unpacked working_dir on that node (seen with Ray 2.60), the very directory the job's
+    entrypoint and its next stages run from. It gets the job's runtime env instead through
+    RUNTIME_ENV_VAR, with the working_dir replaced by `code_dirs` (the packages, as py_modules,
+    uploaded under URIs of their own) so that its actors still run the submitted code."""
+    env = dict(os.environ)
+    job = env.pop(JOB_CONFIG_VAR, None)
+    if job is not None:
+        runtime = dict(json.loads(job).get("runtime_env") or {})
+        if runtime.pop("working_dir", None) is not None:
+            runtime.pop("excludes", None)
+            runtime["py_modules"] = [*code_dirs, *runtime.get("py_modules", [])]
+        env[RUNTIME_ENV_VAR] = json.dumps(runtime)
+    return env
+
+
 def connect(address: str | None, num_cpus: int | None = None) -> None:
     """ray.init against `address` (or RAY_ADDRESS), else a private local cluster."""
     if ray.is_initialized():
         return
     address = resolve_address(address)
     kwargs: dict[str, Any] = {"log_to_driver": True, "configure_logging": False}
+    if os.environ.get(RUNTIME_ENV_VAR):
+        kwargs["runtime_env"] = json.loads(os.environ[RUNTIME_ENV_VAR])
     if address is None or _is_loopback(address):
         # A private cluster stays on loopback. Ray maps 127.0.0.1 to the node's outward IP
         # unless multi-node clusters are disabled, which this (documented) switch does; the

@@ -80,7 +80,13 @@ class CollectConfig:
 
 @dataclass
 class DriftTrainConfig:
-    size: str = "small"
+    size: str = "small"  # preset: small | base | large (hyperflow/drift/sizes.py)
+    # explicit drift dimensions override the preset's; null: the preset's value
+    layer_dim: int | None = None  # per-layer token width d
+    width: int | None = None  # trunk width w
+    depth: int | None = None  # FiLM blocks in the trunk
+    task_dim: int | None = None  # task embedding size
+    time_dim: int | None = None  # Fourier features of t (even)
     encoder: str = "target"  # "target" (frozen backbone) or a timm name trained with the drift
     interpolant: str = "piecewise_cubic"
     site_stats: bool = True  # condition on per-bias activation statistics (encoder=target only)
@@ -91,12 +97,39 @@ class DriftTrainConfig:
     weight_decay: float = 1e-4
     warmup: int = 50
     grad_clip: float = 1.0
-    mixed_precision: str = "no"  # no | fp16 | bf16 (Accelerate)
+    # micro-batches of batch_size per optimizer step (per rank); steps counts optimizer steps
+    grad_accum: int = 1
+    mixed_precision: str = "no"  # no | bf16 (autocast, runs on CPU) | fp16 (GPU) (Accelerate)
+    fsdp: bool = False  # shard parameters, gradients and optimizer state over ranks (FSDP2)
     checkpoint_every: int = 500
     shuffle_buffer: int = 256
-    cache_records: int = 100_000  # frozen-encoder inputs kept per record id (LRU); 0: none
+    # frozen-encoder inputs (features, site statistics) kept per record id, LRU, per rank
+    cache_bytes: int = 2 * 1024**3  # 0: no cache
+    cache_records: int | None = None  # optional further bound in records (older configs)
     loader_workers: int = 1
     format: str = "wds"
+    seed: int = 0
+
+
+@dataclass
+class SmatTrainConfig:
+    """`hyperflow train --method smat` (hyperflow/smat). Streaming (train.format,
+    train.shuffle_buffer, train.loader_workers) is shared with the drift trainer."""
+
+    experts: int = 8  # M, paper (num_experts: 8)
+    tau: float = 0.1  # share of non-zero gates per expert; paper: sparsity target 0.9 = 1 - tau
+    kd_weight: float = 1 / 3  # KD / CE; paper: (1 - lam) CE + lam KD, lam = 0.25
+    temperature: float = 2.0  # KD temperature, paper
+    width: int = 128  # router hidden width (ours)
+    steps: int = 1000
+    batch_size: int = 8  # episodes per rank and step (paper: 4)
+    # Adam in the bias space: the paper's SGD learning rates do not transfer (ours)
+    lr: float = 1e-3  # dense delta and router
+    gate_lr: float = 0.05  # gates' log_alpha (the paper gives the masks a much larger lr)
+    weight_decay: float = 0.0  # paper
+    warmup: int = 50
+    grad_clip: float = 5.0  # paper (max_grad_norm: 5); 0: off
+    checkpoint_every: int = 500
     seed: int = 0
 
 
@@ -123,6 +156,11 @@ class EvaluateConfig:
     # the whole support set at once, as usual.
     encode_chunk: int = 0
     workers: int = 2
+    # each worker adapts on the device Ray assigns it: a GPU (or a share: 0.25 puts four workers
+    # on one) when > 0, the CPU otherwise; memory is measured on that device
+    gpus_per_worker: float = 0.0
+    placement_timeout: float = 300.0  # seconds a worker may wait for a node with its resources
+    replace_fraction: float = 0.25  # actor replacements allowed, as a share of episode chunks
     seed: int = 1000
 
 
@@ -136,6 +174,7 @@ class Config:
     collect: CollectConfig = field(default_factory=CollectConfig)
     train: DriftTrainConfig = field(default_factory=DriftTrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    smat: SmatTrainConfig = field(default_factory=SmatTrainConfig)
 
 
 def load_config(name_or_path: str, overrides: list[str] | None = None) -> Config:
@@ -187,6 +226,11 @@ def _build(cls, raw: dict, prefix: str):
 
 def _check(value, hint, key: str):
     """Light type check so `--set pretrain.epochs=abc` fails here, not deep inside a job."""
+    args = typing.get_args(hint)
+    if type(None) in args and len(args) == 2:  # X | None
+        if value is None:
+            return None
+        hint = next(a for a in args if a is not type(None))
     origin = typing.get_origin(hint) or hint
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)

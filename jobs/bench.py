@@ -7,6 +7,8 @@ stream    data wait share of trainer steps; samples/s with 1 and 2 ranks
 adapt     HyperFlow vs bias-tuning adaptation time and peak memory per episode
 scale     the engine at N records (synthetic simulator): commit cost first vs last shards, driver
           memory, manifest size, resume after SIGKILL, verify and stream start-up
+drift-scale  a >= 50M-parameter drift network: 100 steps on 2 ranks, grad accumulation, bf16,
+          killed after a checkpoint and resumed; step time, peak RSS per rank, resume exactness
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ BENCHES = {
     "stream": "jobs.benches.stream",
     "adapt": "jobs.benches.adapt",
     "scale": "jobs.benches.scale",
+    "drift-scale": "jobs.benches.drift_scale",
 }
 
 

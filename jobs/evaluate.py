@@ -3,9 +3,9 @@
 Learning rates of the gradient methods come from the config or, when absent, from a grid searched
 on a few validation episodes of the held-out domains (as P>M>F does). Accuracy per domain with 95%
 confidence intervals, adaptation seconds per episode, and peak adaptation memory measured on a
-fresh actor per method go to DIR/results.json and DIR/results.md. --target, --drift and --out may
-be local paths or URLs (s3://bucket/prefix, ...): every file goes through engine.storage, and the
-Ray actors are handed the URLs and read through it too.
+fresh actor per method go to DIR/results.json and DIR/results.md. --target, --drift, --smat and
+--out may be local paths or URLs (s3://bucket/prefix, ...): every file goes through
+engine.storage, and the Ray actors are handed the URLs and read through it too.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from hyperflow.evaluation.plots import plot_loss_curves, plot_tradeoff
 from hyperflow.evaluation.report import markdown, summarize, write_report
 from hyperflow.evaluation.worker import EvalWorker
 from hyperflow.model import load_target
+from hyperflow.smat import load_smat
 from jobs.common import add_config_args, output, positive_int, source
 
 CHUNK = 4  # episodes per actor call: small enough to balance, large enough to amortise
@@ -41,6 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config_args(p)
     p.add_argument("--target", required=True, help="what `hyperflow pretrain` wrote (path or URL)")
     p.add_argument("--drift", help="a `hyperflow train` output, or a directory/prefix of them")
+    p.add_argument("--smat", help="a `hyperflow train --method smat` output (path or URL)")
     p.add_argument("--out", required=True, help="directory or URL for results.json/.md, plots")
     p.add_argument("--dataset", help="dataset spec (default: the config's), e.g. folder:PATH")
     p.add_argument("--methods", help="comma-separated methods (default: the config's)")
@@ -58,6 +60,14 @@ def run(args: argparse.Namespace) -> None:
     episodes = ev.episodes if args.episodes is None else args.episodes
     workers = args.workers or ev.workers
     names = args.methods.split(",") if args.methods else ev.methods
+    checks = [
+        ("evaluate.gpus_per_worker", ev.gpus_per_worker, ev.gpus_per_worker >= 0),
+        ("evaluate.placement_timeout", ev.placement_timeout, ev.placement_timeout > 0),
+        ("evaluate.replace_fraction", ev.replace_fraction, ev.replace_fraction >= 0),
+    ]
+    for key, value, ok in checks:
+        if not ok:
+            raise UserError(f"{key}={value!r} is out of range")
     dataset = args.dataset or cfg.data.dataset
     # a local --out is created once the results exist; unreadable inputs or an unwritable --out
     # (path, bucket, credentials) fail here with exit 2, before Ray starts
@@ -65,6 +75,8 @@ def run(args: argparse.Namespace) -> None:
     source(args.target, "--target")
     if args.drift:
         source(args.drift, "--drift")
+    if args.smat:
+        source(args.smat, "--smat")
 
     # setup: validate everything cheap before starting Ray
     model = load_target(args.target)
@@ -76,11 +88,20 @@ def run(args: argparse.Namespace) -> None:
     drifts = find_drift_dirs(args.drift) if args.drift else {}
     for path in drifts.values():  # refuse a drift for another target here, not in every actor
         load_for_target(path, model)
+    if args.smat:  # likewise a SMAT trained for another bias layout
+        load_smat(args.smat, model)
     ec = cfg.episodes
     jobs = episode_jobs(data, domains, episodes, ec.way, ec.shot, ec.query, ev.seed)
     lrs = dict(cfg.adapt.lr)
     methods = method_specs(
-        names, lrs, cfg.adapt.steps, drifts, ev.solver, ev.solver_steps, ev.encode_chunk
+        names,
+        lrs,
+        cfg.adapt.steps,
+        drifts,
+        ev.solver,
+        ev.solver_steps,
+        ev.encode_chunk,
+        smat=args.smat,
     )
     connect(args.address, num_cpus=None)
     init = {
@@ -88,8 +109,16 @@ def run(args: argparse.Namespace) -> None:
         "dataset": dataset,
         "cache_dir": cfg.data.cache_dir,
         "drift_dirs": drifts,
+        "smat_dir": args.smat,
     }
-    pool = ResilientPool(EvalWorker, workers, init)
+    pool = ResilientPool(
+        EvalWorker,
+        workers,
+        init,
+        num_gpus=ev.gpus_per_worker,
+        placement_timeout=ev.placement_timeout,
+        replace_fraction=ev.replace_fraction,
+    )
 
     # learning rates: grid search on validation episodes of the held-out domains
     search = [
@@ -113,7 +142,14 @@ def run(args: argparse.Namespace) -> None:
         lrs.update(_best_lrs(rows, search))
         print("learning rates: " + ", ".join(f"{k}={v:g}" for k, v in sorted(lrs.items())))
         methods = method_specs(
-            names, lrs, cfg.adapt.steps, drifts, ev.solver, ev.solver_steps, ev.encode_chunk
+            names,
+            lrs,
+            cfg.adapt.steps,
+            drifts,
+            ev.solver,
+            ev.solver_steps,
+            ev.encode_chunk,
+            smat=args.smat,
         )
 
     # loop
@@ -121,7 +157,7 @@ def run(args: argparse.Namespace) -> None:
     heldout = [d for d in domains if data.domains[d].split == "heldout"]
     curves = _curves(pool, jobs, methods, heldout or domains, drifts, ev)
     pool.shutdown()
-    memory = measure_memory(methods, jobs[0], init)
+    memory = measure_memory(methods, jobs[0], init, ev.gpus_per_worker)
 
     # report
     header = {
@@ -177,11 +213,14 @@ def _best_lrs(rows, candidates) -> dict[str, float]:
     return {k: v[1] for k, v in best.items()}
 
 
-def measure_memory(methods, job, init, attempts: int = 3) -> dict[str, int]:
-    """Peak adaptation memory per method, each on a fresh single-use actor (2 at a time); init:
-    EvalWorker arguments. Ray must be connected. A measurement whose actor dies (its node lost)
-    is retried on a new actor, up to `attempts` times."""
-    remote = ray.remote(EvalWorker).options(num_cpus=1, runtime_env={"env_vars": MEASURE_ENV})
+def measure_memory(methods, job, init, num_gpus: float = 0, attempts: int = 3) -> dict[str, dict]:
+    """Peak adaptation memory per method, {"bytes", "device"}, each on a fresh single-use actor
+    (2 at a time) holding the resources the evaluation workers hold; init: EvalWorker arguments.
+    Ray must be connected. A measurement whose actor dies (its node lost) is retried on a new
+    actor, up to `attempts` times."""
+    remote = ray.remote(EvalWorker).options(
+        num_cpus=1, num_gpus=num_gpus, runtime_env={"env_vars": MEASURE_ENV}
+    )
     out, todo = {}, list(methods)
     while todo:
         batch, todo = todo[:2], todo[2:]

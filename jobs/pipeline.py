@@ -1,9 +1,10 @@
 """`hyperflow pipeline --config C --out DIR`: pretrain, collect, train one drift network per
-interpolant, evaluate; each stage is skipped when its output is already complete, so a rerun
-finishes an interrupted pipeline. Every stage runs as its own `hyperflow` process, exactly the
-command a user would type (printed before it runs).
+interpolant (and SMAT when evaluate.methods holds smat or smat_finetune), evaluate; each stage
+is skipped when its output is already complete, so a rerun finishes an interrupted pipeline.
+Every stage runs as its own `hyperflow` process, exactly the command a user would type (printed
+before it runs).
 
-DIR/target  DIR/store  DIR/drift/<interpolant>  DIR/eval
+DIR/target  DIR/store  DIR/drift/<interpolant>  DIR/smat  DIR/eval
 
 DIR may be a local path or a URL (s3://bucket/prefix, ...): the stages get URLs under it and
 whether a stage is finished is asked of the storage layer (engine.storage), so a pipeline on
@@ -15,13 +16,19 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+from pathlib import Path
 
+from engine.pool import stage_env
 from engine.storage import Location
 from hyperflow.config import load_config
 from hyperflow.errors import UserError
 from hyperflow.evaluation.plan import HYPERFLOW_METHODS
+from hyperflow.smat import SMAT_METHODS
 from jobs.common import add_config_args, output, positive_int
 from jobs.train_state import CHECKPOINTS, complete_checkpoints
+
+REPO = Path(__file__).resolve().parents[1]  # under `ray job submit`: the job's working_dir copy
+PACKAGES = ("engine", "hyperflow", "jobs")  # what the stages' actors import
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,7 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run directory or URL")
     p.add_argument("--workers", type=positive_int, help="Ray actors for collect and evaluate")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local one)")
-    p.add_argument("--nproc", type=positive_int, default=1, help="training processes")
+    p.add_argument(
+        "--nproc", type=positive_int, default=1, help="processes of pretrain and train (torchrun)"
+    )
 
 
 def run(args: argparse.Namespace) -> None:
@@ -42,11 +51,12 @@ def run(args: argparse.Namespace) -> None:
     )
     target, store, drift, evaluation = (out.child(n) for n in ("target", "store", "drift", "eval"))
     interpolants = [HYPERFLOW_METHODS[m] for m in cfg.evaluate.methods if m in HYPERFLOW_METHODS]
+    smat = out.child("smat") if set(cfg.evaluate.methods) & set(SMAT_METHODS) else None
 
     # stages
-    # target.json, drift.json and results.json are each their stage's last write
+    # target.json, drift.json, smat.json and results.json are each their stage's last write
     if not _done(target, "target.json"):
-        _stage("pretrain", common + ["--out", target.url])
+        _stage("pretrain", common + ["--out", target.url, "--nproc", str(args.nproc)])
     else:
         print(f"[pipeline] pretrain: {target.url} exists, skipping")
     # collect resumes by itself: it skips committed shards and says when the store is complete
@@ -64,8 +74,20 @@ def run(args: argparse.Namespace) -> None:
             + ["--interpolant", interp, "--nproc", str(args.nproc)]
             + resume,
         )
+    if smat is not None and _done(smat, "smat.json"):
+        print(f"[pipeline] train smat: {smat.url} exists, skipping")
+    elif smat is not None:
+        resume = ["--resume"] if complete_checkpoints(smat.child(CHECKPOINTS)) else []
+        _stage(
+            "train",
+            common
+            + ["--method", "smat", "--store", store.url, "--target", target.url]
+            + ["--out", smat.url, "--nproc", str(args.nproc)]
+            + resume,
+        )
     if not _done(evaluation, "results.json"):
         drift_args = ["--drift", drift.url] if interpolants else []
+        drift_args += ["--smat", smat.url] if smat is not None else []
         _stage(
             "evaluate",
             common + ray + ["--target", target.url, "--out", evaluation.url] + drift_args,
@@ -78,7 +100,7 @@ def run(args: argparse.Namespace) -> None:
 def _stage(command: str, argv: list[str]) -> None:
     cmd = [sys.executable, "-m", "jobs.cli", command, *argv]
     print(f"[pipeline] hyperflow {command} {' '.join(argv)}", flush=True)
-    code = subprocess.call(cmd)
+    code = subprocess.call(cmd, env=stage_env([str(REPO / p) for p in PACKAGES]))
     if code != 0:
         raise UserError(f"stage {command!r} failed with exit code {code}; rerun to resume")
 

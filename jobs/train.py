@@ -3,8 +3,12 @@
 Each rank streams its own disjoint share of the store (engine.stream.RecordStream: every record once
 per epoch across ranks, equal batch counts per rank), through one DataLoader over all epochs
 (engine.stream.EpochStream); the stream is NOT passed to accelerator.prepare, which would split it
-a second time. `--nproc N` on a machine without a launcher
-checks the inputs, then re-executes this command under torchrun (gloo on CPU).
+a second time. `--nproc N` (and `--nnodes M --rdzv-endpoint HOST:PORT` across machines) checks
+the inputs, then re-executes this command under torchrun (jobs.launch; gloo on CPU).
+`--method smat` trains the SMAT baseline instead, with the same machinery (jobs/train_smat.py).
+
+train.grad_accum, train.mixed_precision and train.fsdp: jobs.train_accel (the Accelerator) and
+jobs.train_step (one optimizer step of micro-batches); `hyperflow bench drift-scale` at 62M.
 
 --out (and --store, --target) may be a local path or a URL (s3://bucket/prefix, anything fsspec
 resolves; engine.storage). Checkpoints: every train.checkpoint_every steps (and at the last step)
@@ -29,13 +33,12 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import signal
-import subprocess
+import resource
 import sys
 import time
+from dataclasses import asdict
 
 import torch
-from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch import nn
 from torch.utils.data import DataLoader
@@ -44,13 +47,21 @@ from tqdm import tqdm
 from engine.stores import read_records
 from engine.stream import EpochStream, RecordStream, collate, keep, split_support
 from hyperflow.config import load_config, to_dict
-from hyperflow.drift import DriftConfig, DriftNet, fit_normalizer_from_knots, save_drift
+from hyperflow.drift import DriftNet, drift_config, fit_normalizer_from_knots, save_drift
 from hyperflow.drift.objective import drift_loss
 from hyperflow.errors import UserError
 from hyperflow.model import target_id
-from jobs.common import add_config_args, output, positive_int, source
+from jobs.common import add_config_args, output, source
+from jobs.launch import add_launch_arguments, needs_launch, relaunch, world_size
+from jobs.train_accel import (
+    check_scale_settings,
+    full_state,
+    local_parameters,
+    make_accelerator,
+)
 from jobs.train_inputs import SupportCache, support_inputs
 from jobs.train_state import StepLog, preflight, resume, save_checkpoint, write_row
+from jobs.train_step import groups, optimizer_step
 
 NORMALIZER_RECORDS = 256  # records (in manifest order, the same on every rank) for normalisers
 SEEN_ENV = "HYPERFLOW_TRAIN_SEEN"  # "1": each rank logs the record ids of every step
@@ -63,45 +74,48 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--out", required=True, help="directory or URL for checkpoints, log and drift weights"
     )
-    p.add_argument("--interpolant", help="override train.interpolant")
     p.add_argument(
-        "--nproc", type=positive_int, default=1, help="processes (torchrun, gloo on CPU)"
+        "--method",
+        choices=("drift", "smat"),
+        default="drift",
+        help="drift: HyperFlow's drift network; smat: the SMAT baseline (jobs/train_smat.py)",
     )
+    p.add_argument("--interpolant", help="override train.interpolant")
+    add_launch_arguments(p)
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
 
 
 def run(args: argparse.Namespace) -> None:
+    if args.method == "smat":
+        from jobs import train_smat  # here: train_smat imports this module's loader helpers
+
+        return train_smat.run(args)
     # config
     cfg = load_config(args.config, args.set)
     tc = cfg.train
     interpolant = args.interpolant or tc.interpolant
-    if tc.cache_records < 0:
-        raise UserError(f"train.cache_records must be >= 0 (0: no cache), got {tc.cache_records}")
     if tc.theta_noise < 0:
         raise UserError(f"train.theta_noise must be >= 0, got {tc.theta_noise}")
-    drift_cfg = DriftConfig(tc.size, tc.encoder, interpolant, tc.site_stats)
-    drift_cfg.validate()  # before --out is created: a bad drift setting writes nothing
+    # before --out is created: a bad drift or scale setting writes nothing
+    drift_cfg = drift_config(tc, interpolant).resolved()
+    check_scale_settings(tc, int(os.environ.get("WORLD_SIZE", world_size(args))))
     # unreadable inputs or an unwritable --out (path, bucket, credentials) fail here, exit 2
     source(args.target, "--target")
     source(args.store, "--store")
     out = output(args.out)
-    if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
+    if needs_launch(args):
         # fail here with one message rather than in every rank under torchrun's tracebacks
-        preflight(args, tc, interpolant, out, args.nproc)
-        sys.exit(_relaunch(args))
+        preflight(args, tc, interpolant, out, world_size(args))
+        sys.exit(relaunch(args))
 
     # setup
-    accelerator = Accelerator(
-        cpu=not torch.cuda.is_available(),
-        mixed_precision=tc.mixed_precision,
-        # train.steps counts optimizer steps; by default Accelerate would advance the schedule
-        # num_processes times per step, so 2 ranks would finish it at half the steps
-        step_scheduler_with_optimizer=False,
-    )
+    accelerator = make_accelerator(tc)  # precision, grad_accum, FSDP (jobs.train_accel)
     rank, world = accelerator.process_index, accelerator.num_processes
     model, manifest, signature, resume_from = preflight(args, tc, interpolant, out, world)
     horizon = int(manifest.config["steps"])
-    set_seed(tc.seed + rank)
+    # the same initial weights on every rank: DDP would broadcast rank 0's, FSDP shards each
+    # rank's own copy (a mixture of inits if they differed)
+    set_seed(tc.seed)
     net = DriftNet(
         model.layout,
         drift_cfg,
@@ -109,6 +123,8 @@ def run(args: argparse.Namespace) -> None:
         model.feature_dim,
         horizon,
     )
+    params = net.num_parameters()  # before prepare: FSDP shards them
+    set_seed(tc.seed + rank)
     # the same generator on every rank, so every rank computes the same normalisers
     _fit_normalizers(
         net, model, args.store, tc.format, interpolant, torch.Generator().manual_seed(tc.seed)
@@ -122,6 +138,8 @@ def run(args: argparse.Namespace) -> None:
         _Objective(net, interpolant, tc.theta_noise), opt, sched
     )
     core = accelerator.unwrap_model(objective)
+    if tc.fsdp:
+        print(f"rank {rank} holds {local_parameters(objective):,} of {params:,} parameters (FSDP)")
     # workers collate: a batch crosses to the trainer as 2 shared-memory tensors and a few small
     # pickled arrays, so the trainer's side of the hand-over is cheap (engine.stream.collate)
     stream = RecordStream(
@@ -136,42 +154,48 @@ def run(args: argparse.Namespace) -> None:
     step, epoch, start = 0, 0, 0
     if resume_from is not None:
         step, epoch, start = resume(accelerator, out, resume_from, gen)
+    dims = ", ".join(f"{k}={v}" for k, v in asdict(drift_cfg.dims()).items())
     accelerator.print(
-        f"training drift ({tc.size}, {interpolant}) on {sum(s.records for s in stream.shards)} "
-        f"records, world size {world}, {len(stream)} steps/epoch per rank"
+        f"training drift ({tc.size}: {dims}; {params:,} parameters; {interpolant}) on "
+        f"{sum(s.records for s in stream.shards)} records, world size {world}, "
+        f"{len(stream)} batches/epoch per rank, {tc.grad_accum} per step"
     )
     log = StepLog(out, "train_log.jsonl", step) if accelerator.is_main_process else None
     seen = StepLog(out, f"seen-rank{rank}.jsonl", step) if os.environ.get(SEEN_ENV) == "1" else None
-    cache = SupportCache(tc.cache_records)  # frozen encoder: (features, site stats) per record
+    # frozen encoder: (features, site stats) per record
+    cache = SupportCache(tc.cache_bytes, tc.cache_records)
 
     # loop: one loader for the whole run (EpochStream), its workers read ahead across epochs
     bar = tqdm(total=tc.steps, initial=step, desc="train", disable=not accelerator.is_main_process)
     loader = _loader(EpochStream(stream, epoch, start), tc)
+
+    def loss_of(item: tuple[int, int, dict]) -> torch.Tensor:
+        batch = item[2]
+        # the frozen encoder's inputs outside autocast (cached: computed once, in float32); the
+        # objective under it (prepare() autocasts a DDP forward, not an FSDP2 one: train_accel)
+        features, stats = support_inputs(core.net, model, batch, cache)
+        with accelerator.autocast():
+            return objective(
+                batch["theta"].to(accelerator.device),
+                features,
+                [y.to(accelerator.device) for y in split_support(batch)[1]],
+                stats,
+                gen,
+            )
+
     wait_start = time.perf_counter()
     if step < tc.steps:
-        for epoch, i, batch in loader:  # i: batch index within the epoch
+        # one optimizer step per group of train.grad_accum batches (jobs.train_step)
+        for group in groups(loader, tc.grad_accum):  # (epoch, batch index in it, batch) each
             waited = time.perf_counter() - wait_start
             t0, cpu0, misses = time.perf_counter(), time.process_time(), cache.misses
-            with accelerator.autocast():
-                features, stats = support_inputs(core.net, model, batch, cache)
-                loss = objective(
-                    batch["theta"].to(accelerator.device),
-                    features,
-                    [y.to(accelerator.device) for y in split_support(batch)[1]],
-                    stats,
-                    gen,
-                )
-            opt.zero_grad()
-            accelerator.backward(loss)
-            if tc.grad_clip > 0:
-                accelerator.clip_grad_norm_(objective.parameters(), tc.grad_clip)
-            opt.step()
-            sched.step()
+            loss = optimizer_step(accelerator, objective, opt, sched, group, loss_of, tc.grad_clip)
             step += 1
+            epoch, i, _ = group[-1]
             row = {
                 "step": step,
                 "epoch": epoch,
-                "loss": loss.item(),
+                "loss": loss,
                 "lr": sched.get_last_lr()[0],
                 "data_wait_s": waited,
                 "step_s": time.perf_counter() - t0,
@@ -179,9 +203,11 @@ def run(args: argparse.Namespace) -> None:
                 "step_cpu_s": time.process_time() - cpu0,
                 "encoded": cache.misses - misses,  # records through the frozen encoder
                 "world": world,
+                "params": params,
             }
             write_row(log, row)
-            write_row(seen, {"step": step, "epoch": epoch, "batch": i, "ids": batch["ids"]})
+            for e, j, batch in group:
+                write_row(seen, {"step": step, "epoch": e, "batch": j, "ids": batch["ids"]})
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.4f}")
             if step % tc.checkpoint_every == 0 or step == tc.steps:
@@ -200,6 +226,7 @@ def run(args: argparse.Namespace) -> None:
         if f is not None:
             f.close()
     accelerator.wait_for_everyone()
+    state = full_state(accelerator, objective, "net.")  # every rank: FSDP gathers the shards
     if accelerator.is_main_process:
         extra = {
             "target": target_id(args.target),
@@ -209,8 +236,11 @@ def run(args: argparse.Namespace) -> None:
             "world_size": world,
             "train_config": to_dict(cfg)["train"],
         }
-        save_drift(core.net, out.url, extra)
+        save_drift(core.net, out.url, extra, state=state)
         print(f"wrote {out.url}/drift.safetensors ({interpolant}, {step} steps)")
+    # this rank's resident-memory high-water mark (its loader workers not included)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    print(f"rank {rank}: peak RSS {peak:.0f} MB", flush=True)
 
 
 def _loader(stream: EpochStream, tc) -> DataLoader:
@@ -228,31 +258,6 @@ def _loader(stream: EpochStream, tc) -> DataLoader:
     return DataLoader(
         stream, batch_size=None, num_workers=workers, prefetch_factor=ahead, collate_fn=keep
     )
-
-
-def _relaunch(args: argparse.Namespace) -> int:
-    """Re-run this train command under torchrun with --nproc ranks; returns its exit code."""
-    argv = ["train", "--config", args.config, "--store", args.store]
-    argv += ["--target", args.target, "--out", args.out]
-    # no --nproc: LOCAL_RANK tells the ranks they run under torchrun, and torchrun's own argparse
-    # rejects "--nproc" anywhere in its argv as an ambiguous abbreviation of --nproc-per-node
-    argv += [x for kv in args.set for x in ("--set", kv)]
-    argv += ["--interpolant", args.interpolant] if args.interpolant else []
-    argv += ["--resume"] if args.resume else []
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    cmd += [f"--nproc_per_node={args.nproc}", "-m", "jobs.cli", *argv]
-    print(f"launching {args.nproc} ranks: torchrun {' '.join(cmd[3:])}", flush=True)
-    # torchrun runs in its own session so that a terminal's Ctrl-C reaches it once, through us;
-    # SIGTERM/SIGINT/SIGHUP are passed on and we wait for it to stop its ranks, instead of dying
-    # first and leaving it and the ranks behind
-    proc = subprocess.Popen(cmd, start_new_session=True)
-    forwarded = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-    previous = {s: signal.signal(s, lambda signum, _: proc.send_signal(signum)) for s in forwarded}
-    try:
-        return proc.wait()
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
 
 
 def _fit_normalizers(net, model, store, fmt, interpolant, gen) -> None:

@@ -1,9 +1,11 @@
 """What the trainer feeds the drift network's task encoder, and the bounded cache behind it.
 
 With the frozen target as encoder, a record's encoder features and site statistics never change,
-so they are computed once and kept by record id. The cache is an LRU with a record budget
-(train.cache_records): a quickstart store fits whole (~22 KB per record), a store of millions
-does not, and then the least recently used records are recomputed when they come round again.
+so they are computed once and kept by record id. The cache is an LRU with a budget in bytes
+(train.cache_bytes, per rank; train.cache_records, if set, also bounds the record count): a
+quickstart store fits whole (~22 KB per record at P=1040), a store of millions does not, nor
+does a large target's (site statistics grow with P: ~1.4 MB per record at P=115k), and then the
+least recently used records are recomputed when they come round again.
 """
 
 from __future__ import annotations
@@ -19,11 +21,14 @@ from hyperflow.model import TargetModel
 
 
 class SupportCache:
-    """LRU map record id -> (features [N, F], site stats [K, P] or None), at most `capacity`."""
+    """LRU map record id -> (features [N, F], site stats [K, P] or None), whose tensors take at
+    most `max_bytes` (and, if given, at most `max_records` entries)."""
 
-    def __init__(self, capacity: int):
-        assert capacity >= 0, f"cache capacity must be >= 0, got {capacity}"
-        self.capacity = capacity
+    def __init__(self, max_bytes: int, max_records: int | None = None):
+        assert max_bytes >= 0, f"cache budget must be >= 0 bytes, got {max_bytes}"
+        assert max_records is None or max_records >= 0, f"bad record budget {max_records}"
+        self.max_bytes, self.max_records = max_bytes, max_records
+        self.nbytes = 0  # bytes of the cached tensors
         self.misses = 0  # records support_inputs had to encode (the trainer logs it per step)
         self._items: OrderedDict[str, tuple[Tensor, Tensor | None]] = OrderedDict()
 
@@ -38,12 +43,22 @@ class SupportCache:
         return self._items[key]
 
     def put(self, key: str, value: tuple[Tensor, Tensor | None]) -> None:
-        if self.capacity == 0:
-            return
-        self._items[key] = value
-        self._items.move_to_end(key)
-        while len(self._items) > self.capacity:
-            self._items.popitem(last=False)
+        size = _nbytes(value)
+        if size > self.max_bytes or self.max_records == 0:
+            return  # (a record larger than the whole budget is not kept)
+        if key in self._items:
+            self.nbytes -= _nbytes(self._items.pop(key))
+        self._items[key] = value  # most recently used last
+        self.nbytes += size
+        limit = len(self._items) if self.max_records is None else self.max_records
+        while self.nbytes > self.max_bytes or len(self._items) > limit:
+            self.nbytes -= _nbytes(self._items.popitem(last=False)[1])
+
+
+def _nbytes(value: tuple[Tensor, Tensor | None]) -> int:
+    # the elements' bytes; true of what is held because support_inputs caches compact copies,
+    # not views that would keep a whole batch's tensors alive
+    return sum(t.numel() * t.element_size() for t in value if t is not None)
 
 
 def support_inputs(
@@ -65,7 +80,8 @@ def support_inputs(
         per_record = feats.split([len(x) for _, x, _ in missing])
         for j, ((i, _, _), f) in enumerate(zip(missing, per_record)):
             found[i] = (f, None if stats is None else stats[j])
-            cache.put(i, found[i])
+            if cache.max_bytes:
+                cache.put(i, (f.clone(), None if stats is None else stats[j].clone()))
     features = torch.cat([found[i][0] for i in batch["ids"]])
     if not net.n_stats:
         return features, None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import tempfile
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ import torch
 
 from engine.manifest import Manifest, config_hash
 from engine.storage import Location
+from hyperflow.drift.sizes import DIMS, DRIFT_SIZES, drift_config
 from hyperflow.errors import UserError
 from hyperflow.model import TargetModel, load_target, target_id
 
@@ -33,27 +35,33 @@ def preflight(args, tc, interpolant: str, out: Location, world: int):
     model = load_target(args.target)
     manifest = check_store(args.store, args.target, model, tc.format)
     signature = run_signature(tc, interpolant, world, manifest)
+    return model, manifest, signature, checkpoint_to_resume(out, signature, args.resume)
+
+
+def checkpoint_to_resume(out: Location, signature: dict, resume: bool) -> str | None:
+    """The newest complete checkpoint under `out` when resuming (its run signature must equal
+    `signature`), None for a fresh run (which refuses a directory that holds checkpoints)."""
     ckpts = out.child(CHECKPOINTS)
     done = complete_checkpoints(ckpts)
-    if not args.resume:
+    if not resume:
         if done:
             raise UserError(
                 f"--out {out.url} already holds checkpoints of a training run (newest "
                 f"{done[-1]}); pass --resume to continue it, or choose another --out"
             )
-        return model, manifest, signature, None
+        return None
     if not done:
         raise UserError(f"--resume: no complete checkpoint under {ckpts.url}")
     saved = json.loads(ckpts.read_bytes(f"{done[-1]}/{PROGRESS}")).get("run", {})
     for key, value in signature.items():
-        if saved.get(key) != value:
+        if _saved_value(saved, key) != value:
             raise UserError(
                 f"--resume: checkpoint {ckpts.url}/{done[-1]} was written with "
-                f"{key}={saved.get(key)!r}, "
+                f"{key}={_saved_value(saved, key)!r}, "
                 f"this run has {key}={value!r}; resume with the same settings or train into "
                 f"another --out"
             )
-    return model, manifest, signature, done[-1]
+    return done[-1]
 
 
 def check_store(store: str, target_dir: str, model: TargetModel, fmt: str) -> Manifest:
@@ -82,6 +90,10 @@ def run_signature(tc, interpolant: str, world: int, manifest: Manifest) -> dict:
     return {
         "interpolant": interpolant,
         "train.size": tc.size,
+        # the architecture itself: the preset's dimensions with the explicit ones over them
+        **{f"train.{k}": v for k, v in asdict(drift_config(tc, interpolant).dims()).items()},
+        "train.grad_accum": tc.grad_accum,
+        "train.fsdp": tc.fsdp,  # (its checkpoints hold the model in another file)
         "train.encoder": tc.encoder,
         "train.site_stats": tc.site_stats,
         "train.theta_noise": tc.theta_noise,
@@ -95,6 +107,16 @@ def run_signature(tc, interpolant: str, world: int, manifest: Manifest) -> dict:
         "store records": sum(s.records for s in manifest.shards_of(tc.format)),
         "store config": config_hash(manifest.config),
     }
+
+
+def _saved_value(saved: dict, key: str):
+    # a key that checkpoints written before it existed lack: the value they were trained with
+    if key in saved:
+        return saved[key]
+    name = key.removeprefix("train.")
+    if name in DIMS and saved.get("train.size") in DRIFT_SIZES:
+        return getattr(DRIFT_SIZES[saved["train.size"]], name)
+    return {"train.grad_accum": 1, "train.fsdp": False}.get(key)
 
 
 def complete_checkpoints(ckpts: Location) -> list[str]:
@@ -130,7 +152,10 @@ def _local_dir(loc: Location, key: str, upload: bool):
 def save_checkpoint(accelerator, out: Location, step, epoch, start, signature, gen) -> None:
     ckpts, name = out.child(CHECKPOINTS), f"step-{step:08d}"
     with _local_dir(ckpts, name, upload=True) as path:
-        accelerator.save_state(str(path))  # rank 0: model, optimizer, scheduler; every rank: RNG
+        # rank 0: model, optimizer, scheduler; every rank: RNG. The model's state is the drift's
+        # trained weights only: the frozen target is held, not owned, by the network
+        # (hyperflow.drift.network), and a resume reloads it from --target
+        accelerator.save_state(str(path))
         # save_state leaves custom generators out (and registered objects are saved by rank 0)
         gen_file = path / f"t_generator_rank{accelerator.process_index}.npy"
         np.save(gen_file, gen.get_state().numpy(), allow_pickle=False)

@@ -21,22 +21,26 @@ FORMAT = "hyperflow-drift/1"
 WEIGHTS, META = "drift.safetensors", "drift.json"
 
 
-def _state(net: DriftNet) -> dict:
-    state = net.state_dict()
-    if net.frozen_encoder:
+def _state(net: DriftNet, state: dict | None) -> dict:
+    state = net.state_dict() if state is None else state
+    if net.frozen_encoder:  # (not in net.state_dict(); a state from elsewhere may hold it)
         state = {k: v for k, v in state.items() if not k.startswith("encoder.")}
     return {k: v.detach().contiguous().cpu() for k, v in state.items()}
 
 
-def save_drift(net: DriftNet, out: str | os.PathLike, extra: dict | None = None) -> Location:
-    """Write drift.safetensors, then drift.json (config, layout and its hash, interpolant,
-    horizon, feature_dim, `extra` under "extra") under `out`, a local directory or a URL. Each
-    object is written whole (engine.storage) and drift.json, which load_drift reads first, goes
-    last, so a crash never leaves a checkpoint that looks complete but is not."""
+def save_drift(
+    net: DriftNet, out: str | os.PathLike, extra: dict | None = None, state: dict | None = None
+) -> Location:
+    """Write drift.safetensors, then drift.json (config with every dimension, layout and its
+    hash, interpolant, horizon, feature_dim, parameter count, `extra` under "extra") under `out`,
+    a local directory or a URL. Each object is written whole (engine.storage) and drift.json,
+    which load_drift reads first, goes last, so a crash never leaves a checkpoint that looks
+    complete but is not. `state`: the weights to write instead of net.state_dict(), e.g. the
+    full state a trainer gathered from sharded ranks (accelerator.get_state_dict)."""
     loc = location(out)
     meta = {"format": FORMAT, **net.export_config(), "extra": extra or {}}
     text = json.dumps(meta, indent=2, sort_keys=True)  # fails early if extra is not JSON-able
-    loc.write_bytes(WEIGHTS, save(_state(net), metadata={"format": FORMAT}))
+    loc.write_bytes(WEIGHTS, save(_state(net, state), metadata={"format": FORMAT}))
     loc.write_bytes(META, text.encode())
     return loc
 
@@ -93,9 +97,8 @@ def load_drift(
         raise UserError(
             f"{loc.child(WEIGHTS).url} does not exist (drift.json without weights)"
         ) from None
+    # (a frozen target encoder is held, not owned, by the net: its weights are in neither)
     missing, unexpected = net.load_state_dict(state, strict=False)
-    if net.frozen_encoder:  # the target encoder's weights are deliberately not in the file
-        missing = [k for k in missing if not k.startswith("encoder.")]
     if missing or unexpected:
         raise UserError(
             f"{loc.child(WEIGHTS).url} does not match drift.json: {missing=} {unexpected=}"

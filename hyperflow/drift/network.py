@@ -21,7 +21,8 @@ The layer gates g(e_l) = 1 + Linear(e_l) (zero-initialised) let every layer read
 the condition; on the quadratic test family they halve the endpoint error at a fixed budget
 compared with adding the same cond to every token. There is no LayerNorm before the head: the
 velocity is close to linear in theta, and a final norm would throw the input's magnitude away.
-Parameters are ~2 d P plus a trunk independent of P, so P can grow to ViT scale (~100k).
+Parameters are ~(2 + K) d P (K = 3 site statistics or 0) plus a trunk independent of P,
+~depth (6 w^2 + 2 d w): P can grow to ViT scale (~100k), and width and depth set the size.
 The trunk predicts unit-scale velocities; `fit_normalizer` sets the per-layer scales from data.
 """
 
@@ -29,7 +30,7 @@ from __future__ import annotations
 
 import math
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import torch
 from torch import Tensor, nn
@@ -37,9 +38,8 @@ from torch import Tensor, nn
 from hyperflow.bias import BiasLayout
 from hyperflow.drift.layers import FiLMBlock, LayerGroups, LayerwiseIn, LayerwiseOut, zero_linear
 from hyperflow.drift.site_stats import STATS, support_site_stats
+from hyperflow.drift.sizes import DRIFT_SIZES, DriftConfig, DriftSize
 from hyperflow.drift.task import PrototypePooling, Task
-from hyperflow.errors import UserError
-from hyperflow.interpolants import check_interpolant
 
 _CTX, _LOCAL = 16, 32  # per-coordinate head: layer-context size, hidden width
 # Normalised site statistics are squashed smoothly into (-3, 3): a shift family collection never
@@ -47,43 +47,6 @@ _CTX, _LOCAL = 16, 32  # per-coordinate head: layer-context size, hidden width
 # Measured on the quickstart (held-out, 30 episodes/domain, same store): cubic@20 75.0 -> 75.4,
 # cubic@50 75.2 -> 75.7, linear@1 75.8 -> 75.7.
 _SQUASH = 3.0
-
-
-@dataclass(frozen=True)
-class DriftSize:
-    layer_dim: int  # d: per-layer token width; the in/out maps are n_l x d
-    width: int  # w: trunk width
-    depth: int  # FiLM residual blocks in the trunk
-    task_dim: int  # D: task embedding size
-    time_dim: int  # Fourier features of t / horizon
-
-
-DRIFT_SIZES: dict[str, DriftSize] = {
-    "small": DriftSize(layer_dim=32, width=128, depth=2, task_dim=64, time_dim=32),
-    "base": DriftSize(layer_dim=64, width=256, depth=3, task_dim=128, time_dim=64),
-    "large": DriftSize(layer_dim=128, width=512, depth=4, task_dim=256, time_dim=128),
-}
-
-
-@dataclass
-class DriftConfig:
-    size: str = "small"  # key of DRIFT_SIZES
-    encoder: str = "target"  # "target": frozen target backbone; else a timm name (trained)
-    interpolant: str = "piecewise_cubic"  # key of INTERPOLANTS the drift is trained on
-    site_stats: bool = True  # condition on per-bias activation statistics (needs encoder=target)
-
-    def validate(self) -> None:
-        if self.size not in DRIFT_SIZES:
-            sizes = sorted(DRIFT_SIZES)
-            raise UserError(f"unknown drift size {self.size!r}; choose one of {sizes}")
-        if not isinstance(self.encoder, str) or not self.encoder:
-            raise UserError(f"drift encoder must be 'target' or a timm name, got {self.encoder!r}")
-        check_interpolant(self.interpolant)
-        if self.site_stats and self.encoder != "target":
-            raise UserError(
-                f"site statistics are read from the target backbone; with drift encoder "
-                f"{self.encoder!r} set train.site_stats=false"
-            )
 
 
 class DriftNet(nn.Module):
@@ -98,19 +61,26 @@ class DriftNet(nn.Module):
         horizon: float,
     ):
         super().__init__()
-        cfg.validate()
+        cfg = cfg.resolved()  # validated, every dimension explicit: drift.json names them all
         assert horizon > 0, f"horizon must be > 0, got {horizon}"
         self.layout, self.cfg = layout, cfg
         self.feature_dim, self.horizon = feature_dim, float(horizon)
-        s = DRIFT_SIZES[cfg.size]
+        s = cfg.dims()
         L, d, w = len(layout.entries), s.layer_dim, s.width
         K = len(STATS) if cfg.site_stats else 0
         self.task_dim, self.n_stats = s.task_dim, K
-        self.encoder = encoder
         self.frozen_encoder = cfg.encoder == "target"
         if self.frozen_encoder:
             encoder.requires_grad_(False)
             encoder.eval()
+            # held, not owned: the target's weights belong to the target checkpoint, so they stay
+            # out of state_dict() (drift files, trainer checkpoints) and out of what DDP / FSDP
+            # wrap and shard (the trainer runs this encoder outside the wrapped forward)
+            object.__setattr__(self, "encoder", encoder)
+            # checkpoints written while the target was a submodule hold its weights: skip them
+            self.register_load_state_dict_pre_hook(_skip_encoder_keys)
+        else:
+            self.encoder = encoder
         self.pool = PrototypePooling(feature_dim, w, s.task_dim)
 
         self.groups = LayerGroups(layout)
@@ -139,6 +109,16 @@ class DriftNet(nn.Module):
         self.local = nn.Sequential(nn.Linear(1 + K + _CTX, _LOCAL), nn.GELU(), nn.Linear(_LOCAL, 1))
         nn.init.zeros_(self.local[-1].weight)  # the untrained drift starts close to "do not move"
         nn.init.zeros_(self.local[-1].bias)
+
+    def _apply(self, fn, recurse: bool = True):
+        # .to(device) / .float() reach the held frozen encoder as they did when it was a submodule
+        if self.frozen_encoder:
+            self.encoder._apply(fn, recurse)
+        return super()._apply(fn, recurse)
+
+    def num_parameters(self) -> int:
+        """Trained parameters: the network's, and a trained encoder's (never the frozen target)."""
+        return sum(p.numel() for p in self.parameters())
 
     def train(self, mode: bool = True) -> DriftNet:
         super().train(mode)
@@ -248,4 +228,13 @@ class DriftNet(nn.Module):
             "interpolant": self.cfg.interpolant,
             "horizon": self.horizon,
             "feature_dim": self.feature_dim,
+            "params": self.num_parameters(),
         }
+
+
+def _skip_encoder_keys(module, state_dict, prefix, *_) -> None:
+    for key in [k for k in state_dict if k.startswith(prefix + "encoder.")]:
+        del state_dict[key]
+
+
+__all__ = ["DRIFT_SIZES", "DriftConfig", "DriftNet", "DriftSize"]

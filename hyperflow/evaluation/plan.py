@@ -14,6 +14,7 @@ from hyperflow.data.dataset import Dataset
 from hyperflow.data.episodes import sample_episode
 from hyperflow.errors import UserError
 from hyperflow.evaluation.worker import EpisodeJob, MethodSpec
+from hyperflow.smat.adapt import SMAT_METHODS
 from hyperflow.solvers import SOLVERS
 
 HYPERFLOW_METHODS = {
@@ -54,9 +55,11 @@ def method_specs(
     solver: str,
     solver_steps: list[int],
     chunk: int = 0,
+    smat: str | None = None,
 ) -> list[MethodSpec]:
     """Expand method names into runnable variants; hyperflow methods once per solver step count
-    (encoding the support `chunk` images at a time, 0: all at once)."""
+    (encoding the support `chunk` images at a time, 0: all at once); SMAT methods need `smat`,
+    the trained SMAT's location (--smat)."""
     if chunk < 0:
         raise UserError(f"evaluate.encode_chunk must be >= 0 (0: whole support set), got {chunk}")
     if any(name in HYPERFLOW_METHODS for name in names):  # fail here, not in a Ray actor
@@ -81,17 +84,27 @@ def method_specs(
             for k in solver_steps:
                 spec = MethodSpec(f"{name}@{k}", "hyperflow", 0.0, k, interp, solver, chunk)
                 specs.append(spec)
+        elif name in SMAT_METHODS:
+            if smat is None:
+                raise UserError(
+                    f"method {name!r} needs a trained SMAT: pass --smat DIR "
+                    f"(`hyperflow train --method smat` writes one)"
+                )
+            # smat_finetune bias-tunes from the merge with bias-tuning's steps and lr grid
+            tuned = name == "smat_finetune"
+            specs.append(MethodSpec(name, name, lrs.get(name, 0.0), steps if tuned else 0))
         else:
-            valid = sorted(GRADIENT_METHODS) + sorted(HYPERFLOW_METHODS)
+            valid = sorted(GRADIENT_METHODS) + sorted(HYPERFLOW_METHODS) + sorted(SMAT_METHODS)
             raise UserError(f"unknown method {name!r}; choose from {valid}")
     return specs
 
 
 def lr_candidates(names: list[str], grid: list[float], full_grid: list[float], steps: int):
-    """Method variants for the learning-rate search: one per (gradient method, grid value)."""
+    """Method variants for the learning-rate search: one per (gradient method, grid value);
+    smat_finetune searches bias-tuning's grid."""
     out = []
     for name in names:
-        if name in GRADIENT_METHODS and name != "direct":
+        if (name in GRADIENT_METHODS and name != "direct") or name == "smat_finetune":
             for lr in full_grid if name == "full_tuning" else grid:
                 out.append(MethodSpec(f"{name}|{lr:g}", name, lr, steps))
     return out

@@ -15,9 +15,10 @@ def summarize(
     methods: list[MethodSpec],
     domains: dict[str, dict],
     header: dict,
-    memory: dict[str, int],
+    memory: dict[str, dict],
 ) -> dict:
-    """rows: one per (episode, method) with acc and seconds; domains: name -> {"split", ...}."""
+    """rows: one per (episode, method) with acc and seconds; domains: name -> {"split", ...};
+    memory: method -> {"bytes", "device"} from EvalWorker.memory."""
     acc = defaultdict(lambda: defaultdict(list))
     secs = defaultdict(list)
     for r in sorted(rows, key=lambda r: (r["method"], r["domain"], r["index"])):
@@ -31,9 +32,10 @@ def summarize(
             "base_mean": _split_mean(per_domain, domains, "base"),
             "heldout_mean": _split_mean(per_domain, domains, "heldout"),
             "adapt_seconds_per_episode": sum(secs[m.name]) / max(1, len(secs[m.name])),
-            "peak_memory_bytes": memory.get(m.name),
+            "peak_memory_bytes": memory.get(m.name, {}).get("bytes"),
+            "memory_device": memory.get(m.name, {}).get("device"),
             "solver_steps": m.steps if m.kind == "hyperflow" else None,
-            "lr": m.lr if m.kind not in ("hyperflow", "direct") else None,
+            "lr": m.lr if m.kind not in ("hyperflow", "direct", "smat") else None,
         }
     return out
 

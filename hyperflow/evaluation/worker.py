@@ -20,14 +20,15 @@ from hyperflow.data import load_dataset
 from hyperflow.data.episodes import EpisodeSpec, build_episode
 from hyperflow.evaluation.memory import peak_memory_bytes
 from hyperflow.model import load_target
+from hyperflow.smat import adapt_smat, adapt_smat_finetune, load_smat
 
 
 @dataclass(frozen=True)
 class MethodSpec:
     name: str  # result key, e.g. "bias_tuning" or "hyperflow_cubic@5"
-    kind: str  # a gradient method name, or "hyperflow"
+    kind: str  # a gradient method name, "hyperflow", "smat" or "smat_finetune"
     lr: float = 0.0
-    steps: int = 0  # Adam steps (gradient methods) or solver steps (hyperflow)
+    steps: int = 0  # Adam steps (gradient methods, smat_finetune) or solver steps (hyperflow)
     drift: str | None = None  # which drift network (hyperflow only)
     solver: str = "euler"
     chunk: int = 0  # hyperflow: support images per encoder forward (0: all at once)
@@ -49,18 +50,34 @@ class EvalWorker:
         cache_dir: str | None,
         drift_dirs: dict[str, str] | None = None,
         threads: int = 1,
+        smat_dir: str | None = None,
     ):
         torch.set_num_threads(threads)
-        self.model = load_target(target_dir)
+        # the device Ray gave this actor: with num_gpus > 0 Ray sets CUDA_VISIBLE_DEVICES to its
+        # GPU (or share of one); without, to nothing, so CUDA is unavailable and this is the CPU
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = load_target(target_dir).to(self.device)
         cfg = self.model.cfg
         self.data = load_dataset(dataset, cfg.image_size, cfg.channels, cache_dir)
         self.drifts = {}
         if drift_dirs:
-            self.drifts = {k: load_for_target(v, self.model) for k, v in drift_dirs.items()}
+            self.drifts = {
+                k: load_for_target(v, self.model).to(self.device) for k, v in drift_dirs.items()
+            }
+        self.smat = load_smat(smat_dir, self.model).to(self.device) if smat_dir else None
+
+    def _episode(self, job: EpisodeJob):
+        # built on the CPU from the dataset's arrays, then adapted where the model lives
+        return build_episode(self.data, EpisodeSpec.from_json(job.spec)).to(self.device)
 
     def _adapt(self, method: MethodSpec, episode, seed: int) -> Adapted:
         if method.kind in GRADIENT_METHODS:
             return adapt(method.kind, self.model, episode, method.lr, method.steps, seed)
+        if method.kind == "smat":
+            return adapt_smat(self.model, self.smat, episode)
+        if method.kind == "smat_finetune":
+            lr, steps = method.lr, method.steps
+            return adapt_smat_finetune(self.model, self.smat, episode, lr, steps, seed)
         net = self.drifts[method.drift]
         return adapt_hyperflow(self.model, net, episode, method.steps, method.solver, method.chunk)
 
@@ -69,7 +86,7 @@ class EvalWorker:
         jobs, methods = work
         rows = []
         for job in jobs:
-            episode = build_episode(self.data, EpisodeSpec.from_json(job.spec))
+            episode = self._episode(job)
             for m in methods:
                 start = time.perf_counter()
                 adapted = self._adapt(m, episode, job.seed)
@@ -86,21 +103,23 @@ class EvalWorker:
                 )
         return rows
 
-    def memory(self, work: tuple[MethodSpec, EpisodeJob]) -> int:
-        """Peak adaptation memory of one episode; call on a fresh worker, one method each."""
+    def memory(self, work: tuple[MethodSpec, EpisodeJob]) -> dict:
+        """Peak adaptation memory of one episode on this worker's device, {"bytes", "device"};
+        call on a fresh worker, one method each."""
         method, job = work
-        episode = build_episode(self.data, EpisodeSpec.from_json(job.spec))
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        episode = self._episode(job)
         # warm-up: one-time kernel, thread-pool and allocator set-up is not adaptation memory
         classify(self.model, episode)
         self._adapt(method, episode, job.seed)
-        return peak_memory_bytes(lambda: self._adapt(method, episode, job.seed), device)
+        device = str(self.device)
+        peak = peak_memory_bytes(lambda: self._adapt(method, episode, job.seed), device)
+        return {"bytes": peak, "device": device}
 
     def loss_curves(self, work: tuple[EpisodeJob, MethodSpec | None, int]) -> dict:
         """Relative support loss L(theta_t) / L(theta_0) along each drift's Euler path and along
         bias-tuning's Adam path (if given) for one episode; x is t / T."""
         job, bias_method, steps = work
-        episode = build_episode(self.data, EpisodeSpec.from_json(job.spec))
+        episode = self._episode(job)
         curves = {}
         for name, net in sorted(self.drifts.items()):
             path = adapted_theta(self.model, net, episode, steps, "euler", return_path=True)

@@ -27,7 +27,7 @@ from engine.pool import connect
 from hyperflow.config import Config, load_config
 from hyperflow.data import load_dataset
 from hyperflow.data.episodes import EpisodeSpec, build_episode
-from hyperflow.drift import DriftConfig, DriftNet, read_drift_meta, save_drift
+from hyperflow.drift import DriftNet, drift_config, read_drift_meta, save_drift
 from hyperflow.evaluation.plan import HYPERFLOW_METHODS, episode_jobs, method_specs
 from hyperflow.evaluation.worker import EvalWorker
 from hyperflow.model import TargetModel, load_target, save_target
@@ -85,9 +85,10 @@ def _measure(args, cfg: Config, target: str, drift: str, model: TargetModel) -> 
         secs = sum(seconds[m.name]) / len(jobs)
         out["methods"][m.name] = {
             "seconds_per_episode": secs,
-            "peak_memory_bytes": memory[m.name],
+            "peak_memory_bytes": memory[m.name]["bytes"],
+            "memory_device": memory[m.name]["device"],
             "time_ratio": secs / bias,
-            "memory_ratio": memory[m.name] / max(1, memory["bias_tuning"]),
+            "memory_ratio": memory[m.name]["bytes"] / max(1, memory["bias_tuning"]["bytes"]),
         }
     fewest = min((m for m in methods if m.kind == "hyperflow"), key=lambda m: m.steps)
     one = out["methods"][fewest.name]  # HyperFlow at the fewest solver steps, any config order
@@ -124,7 +125,7 @@ def _untrained_target(cfg: Config, path: Path) -> str:
 
 def _untrained_drift(cfg: Config, model: TargetModel, path: Path) -> str:
     tc = cfg.train
-    drift_cfg = DriftConfig(tc.size, tc.encoder, tc.interpolant, tc.site_stats)
+    drift_cfg = drift_config(tc, tc.interpolant)
     net = DriftNet(model.layout, drift_cfg, model.backbone, model.feature_dim, cfg.adapt.steps)
     save_drift(net, path, {"bench": "untrained stand-in"})
     return str(path)

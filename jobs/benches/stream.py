@@ -10,11 +10,11 @@ data_wait_s and step_s per step; DDP keeps the ranks in lock step) is summarised
   samples_per_s      = world * batch_size * steps / sum (data_wait_s + step_s)
 
 Two regimes, each with 1 and 2 ranks:
-- "cached": the trainer's per-rank cache (train.cache_records) holds every record's frozen-encoder
+- "cached": the trainer's per-rank cache (train.cache_bytes) holds every record's frozen-encoder
   inputs, as for a store of up to ~1e5 records per rank (the quickstart's): the steady state
   after the first epoch (log field `encoded` == 0), when steps are at their fastest and the loader
   is under the most pressure;
-- "uncached": train.cache_records=0, so every record goes through the frozen encoder at every
+- "uncached": train.cache_bytes=0, so every record goes through the frozen encoder at every
   visit, as at million-record scale where a rank's share does not fit its cache.
 Every rank runs with one intra-op thread (torchrun's default; also the 1-rank run, so the ratio
 compares processes, not thread counts).
@@ -189,7 +189,7 @@ def _run(args, target: str, tmp: Path, world: int, records: int, cached: bool) -
     # cached: one epoch fills the cache, then TIMED_STEPS warm steps; uncached: the first step
     # (worker start-up) is dropped
     sets += ["--set", f"train.steps={(epoch if cached else 1) + TIMED_STEPS}"]
-    sets += [] if cached else ["--set", "train.cache_records=0"]
+    sets += [] if cached else ["--set", "train.cache_bytes=0"]
     sets += ["--set", "train.checkpoint_every=1000000000"]  # only the final one
     cmd = [sys.executable, "-m", "jobs.cli", "train", "--config", args.config, *sets]
     cmd += ["--store", str(tmp / "store"), "--target", target, "--out", str(out)]

@@ -118,6 +118,13 @@ def test_drift_for_another_layout_is_refused(cli, tiny_target, tmp_path):
         (["--set", "evaluate.encode_chunk=-1"], "encode_chunk"),
         (["--methods", "hyperflow_linear", "--set", "evaluate.solver=heun"], "heun"),
         (["--methods", "hyperflow_linear", "--set", "evaluate.solver_steps=[5,0]"], "solver_steps"),
+        (["--set", "evaluate.gpus_per_worker=-1"], "evaluate.gpus_per_worker=-1"),
+        # the workers ask Ray for a GPU this machine does not have: refused, naming it
+        (
+            ["--methods", "direct", "--set", "evaluate.gpus_per_worker=1"]
+            + ["--set", "evaluate.placement_timeout=3"],
+            "'GPU': 1",
+        ),
     ],
 )
 def test_bad_input_is_a_clear_error(cli, tiny_target, tmp_path, argv, needle):

@@ -66,16 +66,46 @@ def _warmup_cosine_lr(step: int, warmup: int, total: int) -> float:
 # ---------------------------------------------------------------- 1. two real ranks
 
 
-def test_two_gloo_ranks_split_every_epoch(cli, tiny_target, tmp_path):
+def _two_nodes(argv: list[str], port: int, env: dict) -> str:
+    """The same train command started as each of 2 nodes (1 rank each) meeting at a loopback
+    rendezvous, as on two machines; returns their joined output."""
+    node = [sys.executable, "-m", "jobs.cli", *argv, "--nnodes", "2"]
+    node += ["--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "test-two-nodes"]
+    procs = [
+        subprocess.Popen(
+            node,
+            cwd=REPO,
+            env={**os.environ, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    for p, text in zip(procs, outputs):
+        assert p.returncode == 0, f"a node exited {p.returncode}:\n{text[-3000:]}"
+    return "\n".join(outputs)
+
+
+@pytest.mark.parametrize("launch", ["nproc", "nodes"])
+def test_two_gloo_ranks_split_every_epoch(cli, tiny_target, tmp_path, free_port, launch):
     # 41 records in uneven shards, batch 4: rank 0 gets 21 records, rank 1 gets 20, both must
-    # take ceil(21 / 4) = 6 steps per epoch; 12 steps = 2 whole epochs
+    # take ceil(21 / 4) = 6 steps per epoch; 12 steps = 2 whole epochs. "nodes": two processes
+    # each start 1 rank and meet through torchrun's c10d rendezvous (--nnodes, --rdzv-endpoint)
     sizes = [7, 5, 9, 3, 8, 9]
     store = _store(tmp_path / "store", tiny_target, sizes)
     out = tmp_path / "run"
     sets = ("train.steps=12", "train.batch_size=4", "train.warmup=4", "train.loader_workers=1")
     argv = _train_argv(store, tiny_target, out, *sets)
-    proc = cli(*argv, "--nproc", "2", env={"HYPERFLOW_TRAIN_SEEN": "1"}, timeout=300)
-    assert "world size 2" in proc.stdout + proc.stderr
+    env = {"HYPERFLOW_TRAIN_SEEN": "1"}
+    if launch == "nproc":
+        proc = cli(*argv, "--nproc", "2", env=env, timeout=300)
+        logs = proc.stdout + proc.stderr
+    else:
+        logs = _two_nodes(argv, free_port(), env)
+        assert logs.count("--nnodes=2") == 2, logs[-3000:]
+    assert "world size 2" in logs
     assert json.loads((out / "drift.json").read_text())["extra"]["world_size"] == 2
 
     log = _log(out)

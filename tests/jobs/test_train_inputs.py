@@ -1,5 +1,5 @@
-"""The trainer's bounded cache of frozen-encoder inputs: LRU order, capacity, and that cached
-inputs equal freshly computed ones."""
+"""The trainer's bounded cache of frozen-encoder inputs: LRU order, its budget in bytes (and
+optionally records), and that cached inputs equal freshly computed ones."""
 
 import numpy as np
 import torch
@@ -9,11 +9,11 @@ from jobs.train_inputs import SupportCache, support_inputs
 
 
 def _value(k: float):
-    return torch.full((1, 2), k), None
+    return torch.full((1, 2), float(k)), None  # float32: 8 bytes
 
 
 def test_lru_keeps_the_most_recently_used_records():
-    cache = SupportCache(2)
+    cache = SupportCache(16)  # two values
     cache.put("a", _value(1))
     cache.put("b", _value(2))
     cache.get("a")  # a is now more recent than b
@@ -22,6 +22,29 @@ def test_lru_keeps_the_most_recently_used_records():
     off = SupportCache(0)
     off.put("a", _value(1))
     assert len(off) == 0
+
+
+def test_cache_stays_under_its_byte_budget():
+    # records of different sizes (features [N, 16] float32, stats [3, 100] float32 or none),
+    # as supports of any way and shot give, up to 5 KB each; budget 30 KB
+    cache = SupportCache(30_000)
+    g = torch.Generator().manual_seed(0)
+    for i in range(200):
+        n = int(torch.randint(1, 60, (1,), generator=g))
+        stats = torch.randn(3, 100) if i % 3 else None
+        cache.put(f"r{i}", (torch.randn(n, 16), stats))
+        held = [cache.get(k) for k in list(cache._items)]
+        nbytes = sum(t.numel() * t.element_size() for v in held for t in v if t is not None)
+        assert nbytes == cache.nbytes <= 30_000, i
+        assert f"r{i}" in cache, i  # the newest record always fits
+    assert 5 < len(cache) < 200
+    cache.put("huge", (torch.zeros(100, 100), None))  # 40 KB: larger than the budget, not kept
+    assert "huge" not in cache and cache.nbytes <= 30_000
+    # train.cache_records, if set, bounds the count as well
+    both = SupportCache(10_000, max_records=2)
+    for i in range(5):
+        both.put(f"r{i}", _value(i))
+    assert len(both) == 2 and both.nbytes == 16
 
 
 def _moments(stats: torch.Tensor) -> torch.Tensor:
@@ -59,12 +82,15 @@ def test_cached_inputs_equal_fresh_ones_and_stay_bounded(tiny_model, episodes):
         "sizes": np.array([len(ep.support_y) for ep in episodes]),
     }  # as engine.stream.collate lays a batch out
     fresh = support_inputs(net, tiny_model, batch, SupportCache(0))
-    cache = SupportCache(3)  # smaller than the batch: some records are evicted on the way
+    n = len(episodes)
+    # bytes of one record's inputs (equal support sizes, asserted below): features and stats
+    per_record = (fresh[0].numel() // n + fresh[1][0].numel()) * 4
+    cache = SupportCache(3 * per_record)  # smaller than the batch: records are evicted on the way
     first = support_inputs(net, tiny_model, batch, cache)
     assert cache.misses == len(episodes)  # every record encoded once
     again = support_inputs(net, tiny_model, batch, cache)
     assert len(cache) == 3 and len(episodes) < cache.misses < 2 * len(episodes)
-    big = SupportCache(len(episodes))
+    big = SupportCache(len(episodes) * per_record)
     support_inputs(net, tiny_model, batch, big)
     support_inputs(net, tiny_model, batch, big)
     assert big.misses == len(episodes)  # the second pass is all hits
@@ -79,7 +105,6 @@ def test_cached_inputs_equal_fresh_ones_and_stay_bounded(tiny_model, episodes):
     assert (again[0] - features).abs().max() < _TOL * scale
     assert _stat_errors(again[1], stats).max() < _TOL
     # the tolerance still tells records apart: each record's neighbour's inputs fail it
-    n = len(episodes)
     assert {len(ep.support_y) for ep in episodes} == {len(features) // n}, "equal support sizes"
     neighbour = features.view(n, -1, features.shape[1]).roll(1, 0).flatten(0, 1)
     assert ((neighbour - features).abs().amax(1) > _TOL * scale).all()

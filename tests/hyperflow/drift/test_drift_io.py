@@ -38,7 +38,8 @@ def test_round_trip_with_the_target_encoder(tmp_path, layout, encoder, support_f
     meta = json.loads((tmp_path / "d" / "drift.json").read_text())
     assert meta["layout_hash"] == layout.hash() and meta["layout"] == layout.to_json()
     assert meta["interpolant"] == "piecewise_linear" and meta["horizon"] == H
-    assert DriftConfig(**meta["config"]) == cfg
+    # saved resolved: the preset's dimensions are written out (tests/.../test_drift_sizes.py)
+    assert DriftConfig(**meta["config"]) == cfg.resolved()
     assert meta["extra"] == {"store": "s3://x", "epochs": 3}
     weights = load_file(str(tmp_path / "d" / "drift.safetensors"))
     assert not any(k.startswith("encoder.") for k in weights), "target weights are not ours"
