@@ -148,6 +148,10 @@ class EvaluateConfig:
         ]
     )
     domains: list[str] = field(default_factory=list)  # empty: every domain of the dataset
+    # image shift families drawn per episode, as collection draws them (empty: none). With the
+    # base domains and collect.shifts this is the distribution trajectories were collected on,
+    # where settings may be searched without looking at a held-out domain
+    shifts: list[str] = field(default_factory=list)
     solver: str = "euler"
     solver_steps: list[int] = field(default_factory=lambda: [1, 5, 20, 50])
     # HyperFlow runs the support set through the encoder this many images at a time (0: all at

@@ -9,6 +9,7 @@ scale     the engine at N records (synthetic simulator): commit cost first vs la
           memory, manifest size, resume after SIGKILL, verify and stream start-up
 drift-scale  a >= 50M-parameter drift network: 100 steps on 2 ranks, grad accumulation, bf16,
           killed after a checkpoint and resumed; step time, peak RSS per rank, resume exactness
+smat-sweep  SMAT settings (smat.lr x smat.tau) chosen by accuracy on base-domain episodes only
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ BENCHES = {
     "adapt": "jobs.benches.adapt",
     "scale": "jobs.benches.scale",
     "drift-scale": "jobs.benches.drift_scale",
+    "smat-sweep": "jobs.benches.smat_sweep",
 }
 
 
@@ -41,7 +43,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=100_000,
         help="scale: records to collect (docs/scale.md reports 1,000,000)",
     )
-    p.add_argument("--out", help="scale: the store, a directory or URL (default: a temp dir)")
+    p.add_argument(
+        "--out",
+        help="scale: the store, a directory or URL (default: a temp dir); smat-sweep: a directory",
+    )
+    p.add_argument("--store", help="smat-sweep: the store to train on")
     p.add_argument("--format", choices=["zarr", "wds", "both"], help="scale: store formats")
     p.add_argument(
         "--drift",

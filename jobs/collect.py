@@ -30,7 +30,7 @@ from hyperflow.simulator import (
     CollectSpec,
     shard_episodes,
 )
-from jobs.common import add_config_args, output, positive_int, source
+from jobs.common import add_config_args, check_ranges, output, positive_int, source
 
 FORMATS = {"zarr": ["zarr"], "wds": ["wds"], "both": ["zarr", "wds"]}
 
@@ -64,9 +64,7 @@ def _check_numbers(cc, episodes: int, workers: int) -> None:
         ("collect.placement_timeout", cc.placement_timeout, cc.placement_timeout > 0),
         ("collect.replace_fraction", cc.replace_fraction, cc.replace_fraction >= 0),
     ]
-    for key, value, ok in checks:
-        if not ok:
-            raise UserError(f"{key}={value!r} is out of range")
+    check_ranges(checks)
     if cc.theta_dtype not in THETA_DTYPES:
         raise UserError(f"collect.theta_dtype {cc.theta_dtype!r} is not one of {THETA_DTYPES}")
     if cc.theta_encoding not in THETA_ENCODINGS:

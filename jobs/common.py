@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from engine.errors import UserError
 from engine.storage import Location, check_access, location
 
 
@@ -42,6 +43,13 @@ def source(url: str, what: str) -> Location:
     loc = location(url)
     check_access(loc, write=False, what=what)
     return loc
+
+
+def check_ranges(checks: list[tuple[str, object, bool]]) -> None:
+    """UserError naming the first (key, value, ok) whose value is out of range."""
+    for key, value, ok in checks:
+        if not ok:
+            raise UserError(f"{key}={value!r} is out of range")
 
 
 def positive_int(value: str) -> int:

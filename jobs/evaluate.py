@@ -30,10 +30,10 @@ from hyperflow.evaluation.plan import (
 )
 from hyperflow.evaluation.plots import plot_loss_curves, plot_tradeoff
 from hyperflow.evaluation.report import markdown, summarize, write_report
-from hyperflow.evaluation.worker import EvalWorker
+from hyperflow.evaluation.worker import EvalWorker, MethodSpec
 from hyperflow.model import load_target
 from hyperflow.smat import load_smat
-from jobs.common import add_config_args, output, positive_int, source
+from jobs.common import add_config_args, check_ranges, output, positive_int, source
 
 CHUNK = 4  # episodes per actor call: small enough to balance, large enough to amortise
 
@@ -65,9 +65,7 @@ def run(args: argparse.Namespace) -> None:
         ("evaluate.placement_timeout", ev.placement_timeout, ev.placement_timeout > 0),
         ("evaluate.replace_fraction", ev.replace_fraction, ev.replace_fraction >= 0),
     ]
-    for key, value, ok in checks:
-        if not ok:
-            raise UserError(f"{key}={value!r} is out of range")
+    check_ranges(checks)
     dataset = args.dataset or cfg.data.dataset
     # a local --out is created once the results exist; unreadable inputs or an unwritable --out
     # (path, bucket, credentials) fail here with exit 2, before Ray starts
@@ -91,18 +89,23 @@ def run(args: argparse.Namespace) -> None:
     if args.smat:  # likewise a SMAT trained for another bias layout
         load_smat(args.smat, model)
     ec = cfg.episodes
-    jobs = episode_jobs(data, domains, episodes, ec.way, ec.shot, ec.query, ev.seed)
+    shifts = tuple(ev.shifts)
+    jobs = episode_jobs(data, domains, episodes, ec.way, ec.shot, ec.query, ev.seed, 0, shifts)
     lrs = dict(cfg.adapt.lr)
-    methods = method_specs(
-        names,
-        lrs,
-        cfg.adapt.steps,
-        drifts,
-        ev.solver,
-        ev.solver_steps,
-        ev.encode_chunk,
-        smat=args.smat,
-    )
+
+    def plan(lrs: dict[str, float]) -> list[MethodSpec]:
+        return method_specs(
+            names,
+            lrs,
+            cfg.adapt.steps,
+            drifts,
+            ev.solver,
+            ev.solver_steps,
+            ev.encode_chunk,
+            smat=args.smat,
+        )
+
+    methods = plan(lrs)
     connect(args.address, num_cpus=None)
     init = {
         "target_dir": str(args.target),
@@ -137,20 +140,12 @@ def run(args: argparse.Namespace) -> None:
             ec.query,
             ev.seed,
             offset=VALIDATION_OFFSET,
+            shifts=shifts,
         )
         rows = _run(pool, val, search, "lr search")
         lrs.update(_best_lrs(rows, search))
         print("learning rates: " + ", ".join(f"{k}={v:g}" for k, v in sorted(lrs.items())))
-        methods = method_specs(
-            names,
-            lrs,
-            cfg.adapt.steps,
-            drifts,
-            ev.solver,
-            ev.solver_steps,
-            ev.encode_chunk,
-            smat=args.smat,
-        )
+        methods = plan(lrs)
 
     # loop
     rows = _run(pool, jobs, methods, "evaluate")
@@ -167,6 +162,7 @@ def run(args: argparse.Namespace) -> None:
         "seed": ev.seed,
         "dataset": dataset,
         "target": str(args.target),
+        "shifts": list(shifts),
     }
     splits = {
         d: {"split": data.domains[d].split, "family": data.domains[d].family} for d in domains

@@ -34,15 +34,20 @@ def episode_jobs(
     query: int,
     seed: int,
     offset: int = 0,
+    shifts: tuple[str, ...] = (),
 ) -> list[EpisodeJob]:
-    """n episodes per domain, each seeded from (seed, domain index, offset + episode index)."""
+    """n episodes per domain, each seeded from (seed, domain index, offset + episode index);
+    with `shifts`, each episode's images get one family drawn from them, as collection's do."""
     if n < 1:
         raise UserError(f"--episodes must be at least 1, got {n}")
     jobs = []
     for d_idx, name in enumerate(domains):
         for i in range(offset, offset + n):
-            ep_seed = int(np.random.default_rng([seed, d_idx, i]).integers(2**31))
-            spec = sample_episode(data.domains[name], ep_seed, way, shot, query)
+            rng = np.random.default_rng([seed, d_idx, i])
+            ep_seed = int(rng.integers(2**31))
+            # drawn after ep_seed: without shifts the episodes stay those of earlier runs
+            shift = shifts[int(rng.integers(len(shifts)))] if shifts else None
+            spec = sample_episode(data.domains[name], ep_seed, way, shot, query, shift)
             jobs.append(EpisodeJob(name, i, spec.to_json(), ep_seed))
     return jobs
 
