@@ -21,6 +21,7 @@ complete: by 3., about shuffle_buffer + batch_size * num_workers records at most
 """
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -68,6 +69,25 @@ def _read_sequence(shards: list[ShardInfo], world_size: int, seed: int, epoch: i
         k, first, stop = runs[j]
         seq += [(shards[k].name, i) for i in range(first, stop)]
     return seq
+
+
+def first_records(shards: list[ShardInfo], n: int) -> list[ShardInfo]:
+    """The shards that hold the store's first n records in manifest order (n = 0: all), the last
+    one cut to what is needed; prefixes nest, so smaller subsets are inside larger ones."""
+    if n < 0:
+        raise UserError(f"max_records must be >= 0 (0: every record), got {n}")
+    if n == 0:
+        return list(shards)
+    out, left = [], n
+    for s in shards:
+        if left <= 0:
+            break
+        # a cut shard is read by index: the plan only asks for its first `left` records
+        out.append(s if s.records <= left else replace(s, records=left))
+        left -= s.records
+    if left > 0:
+        raise UserError(f"max_records={n} but the store holds {n - left} records")
+    return out
 
 
 def rank_plan(
@@ -167,6 +187,7 @@ class RecordStream(IterableDataset):
         shuffle_buffer: int = 256,
         epoch: int = 0,
         collated: bool = True,
+        max_records: int = 0,
     ):
         m = Manifest.load(root)
         if fmt not in STORES or fmt not in m.formats:
@@ -178,7 +199,8 @@ class RecordStream(IterableDataset):
         self.batch_size, self.seed, self.shuffle_buffer = batch_size, seed, shuffle_buffer
         self.epoch, self.collated = epoch, collated
         self.start = 0  # batches of this epoch to skip (resuming mid-epoch)
-        self.shards = m.shards_of(fmt)  # fixed at construction: later commits wait a restart
+        # fixed at construction: later commits wait a restart
+        self.shards = first_records(m.shards_of(fmt), max_records)
         self.plan()  # fail early
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:

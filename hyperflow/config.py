@@ -105,6 +105,9 @@ class DriftTrainConfig:
     shuffle_buffer: int = 256
     # frozen-encoder inputs (features, site statistics) kept per record id, LRU, per rank
     cache_bytes: int = 2 * 1024**3  # 0: no cache
+    # train on the store's first N records in manifest order (0: all of them); prefixes nest, so
+    # a scaling curve's smaller data sizes are subsets of its larger ones (SMAT uses it too)
+    max_records: int = 0
     cache_records: int | None = None  # optional further bound in records (older configs)
     loader_workers: int = 1
     format: str = "wds"
@@ -154,6 +157,10 @@ class EvaluateConfig:
     shifts: list[str] = field(default_factory=list)
     solver: str = "euler"
     solver_steps: list[int] = field(default_factory=lambda: [1, 5, 20, 50])
+    # hyperflow_*_ls methods: after the solver, the support loss at theta_0 + s (theta_T -
+    # theta_0) for each scale s, one batched forward call (no backward), keeping the lowest;
+    # 1.0 in the list keeps plain HyperFlow's theta_T a candidate
+    step_scales: list[float] = field(default_factory=lambda: [1.0, 1.5, 2.0, 3.0])
     # HyperFlow runs the support set through the encoder this many images at a time (0: all at
     # once). Exact: features and site moments are per image. Its peak memory is then one chunk's
     # activations, at the price of one more forward call per chunk; the gradient baselines tune on

@@ -44,6 +44,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from engine.manifest import Manifest
 from engine.stores import read_records
 from engine.stream import EpochStream, RecordStream, collate, keep, split_support
 from hyperflow.config import load_config, to_dict
@@ -60,7 +61,14 @@ from jobs.train_accel import (
     make_accelerator,
 )
 from jobs.train_inputs import SupportCache, support_inputs
-from jobs.train_state import StepLog, preflight, resume, save_checkpoint, write_row
+from jobs.train_state import (
+    StepLog,
+    check_max_records,
+    preflight,
+    resume,
+    save_checkpoint,
+    write_row,
+)
 from jobs.train_step import groups, optimizer_step
 
 NORMALIZER_RECORDS = 256  # records (in manifest order, the same on every rank) for normalisers
@@ -96,12 +104,16 @@ def run(args: argparse.Namespace) -> None:
     interpolant = args.interpolant or tc.interpolant
     if tc.theta_noise < 0:
         raise UserError(f"train.theta_noise must be >= 0, got {tc.theta_noise}")
+    if tc.max_records < 0:
+        raise UserError(f"train.max_records={tc.max_records} is out of range (0: every record)")
     # before --out is created: a bad drift or scale setting writes nothing
     drift_cfg = drift_config(tc, interpolant).resolved()
     check_scale_settings(tc, int(os.environ.get("WORLD_SIZE", world_size(args))))
     # unreadable inputs or an unwritable --out (path, bucket, credentials) fail here, exit 2
     source(args.target, "--target")
     source(args.store, "--store")
+    if tc.max_records:  # a subset larger than the store: refused before --out is created
+        check_max_records(Manifest.load(args.store), tc)
     out = output(args.out)
     if needs_launch(args):
         # fail here with one message rather than in every rank under torchrun's tracebacks
@@ -127,7 +139,7 @@ def run(args: argparse.Namespace) -> None:
     set_seed(tc.seed + rank)
     # the same generator on every rank, so every rank computes the same normalisers
     _fit_normalizers(
-        net, model, args.store, tc.format, interpolant, torch.Generator().manual_seed(tc.seed)
+        net, model, args.store, tc, interpolant, torch.Generator().manual_seed(tc.seed)
     )
     gen = torch.Generator().manual_seed(tc.seed * 1000 + rank)  # t samples; per rank
     opt = torch.optim.AdamW(
@@ -150,6 +162,7 @@ def run(args: argparse.Namespace) -> None:
         tc.batch_size,
         tc.seed,
         shuffle_buffer=tc.shuffle_buffer,
+        max_records=tc.max_records,
     )
     step, epoch, start = 0, 0, 0
     if resume_from is not None:
@@ -260,11 +273,13 @@ def _loader(stream: EpochStream, tc) -> DataLoader:
     )
 
 
-def _fit_normalizers(net, model, store, fmt, interpolant, gen) -> None:
+def _fit_normalizers(net, model, store, tc, interpolant, gen) -> None:
+    # from the records this run trains on: the first ones in manifest order
+    n = min(NORMALIZER_RECORDS, tc.max_records or NORMALIZER_RECORDS)
     records = []
-    for r in read_records(store, fmt):
+    for r in read_records(store, tc.format):
         records.append(r)
-        if len(records) == NORMALIZER_RECORDS:
+        if len(records) == n:
             break
     knots = torch.stack([torch.from_numpy(r.theta).float() for r in records])  # [n, T+1, P]
     stats = None

@@ -22,7 +22,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm import tqdm
 
-from engine.manifest import config_hash
+from engine.manifest import Manifest, config_hash
 from engine.stream import EpochStream, RecordStream, split_support
 from hyperflow.config import SmatTrainConfig, load_config, to_dict
 from hyperflow.errors import UserError
@@ -33,6 +33,7 @@ from jobs.launch import needs_launch, relaunch, world_size
 from jobs.train import _loader, _warmup_cosine
 from jobs.train_state import (
     StepLog,
+    check_max_records,
     check_store,
     checkpoint_to_resume,
     resume,
@@ -52,6 +53,8 @@ def run(args: argparse.Namespace) -> None:
     smat_cfg = smat_config(sc)
     source(args.target, "--target")
     source(args.store, "--store")
+    if tc.max_records:  # a subset larger than the store: refused before --out is created
+        check_max_records(Manifest.load(args.store), tc)
     out = output(args.out)
     if needs_launch(args):
         _preflight(args, tc, sc, out, world_size(args))  # one message, not one per rank
@@ -76,7 +79,14 @@ def run(args: argparse.Namespace) -> None:
     objective, opt, sched = accelerator.prepare(SmatObjective(model, smat), opt, sched)
     core = accelerator.unwrap_model(objective)
     stream = RecordStream(
-        args.store, tc.format, rank, world, sc.batch_size, sc.seed, shuffle_buffer=tc.shuffle_buffer
+        args.store,
+        tc.format,
+        rank,
+        world,
+        sc.batch_size,
+        sc.seed,
+        shuffle_buffer=tc.shuffle_buffer,
+        max_records=tc.max_records,
     )
     step, epoch, start = 0, 0, 0
     if resume_from is not None:
@@ -177,12 +187,14 @@ def _preflight(args, tc, sc: SmatTrainConfig, out, world: int):
     checkpoint to resume from or None)."""
     model = load_target(args.target)
     manifest = check_store(args.store, args.target, model, tc.format)
+    check_max_records(manifest, tc)
     signature = {
         "method": "smat",
         **{f"smat.{k}": getattr(sc, k) for k in SIGNED},
         "world_size": world,
         "train.shuffle_buffer": tc.shuffle_buffer,
         "train.format": tc.format,
+        "train.max_records": tc.max_records,
         "store records": sum(s.records for s in manifest.shards_of(tc.format)),
         "store config": config_hash(manifest.config),
     }

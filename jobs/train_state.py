@@ -34,8 +34,19 @@ def preflight(args, tc, interpolant: str, out: Location, world: int):
     run signature, name of the checkpoint to resume from or None)."""
     model = load_target(args.target)
     manifest = check_store(args.store, args.target, model, tc.format)
+    check_max_records(manifest, tc)
     signature = run_signature(tc, interpolant, world, manifest)
     return model, manifest, signature, checkpoint_to_resume(out, signature, args.resume)
+
+
+def check_max_records(manifest: Manifest, tc) -> None:
+    """UserError unless train.max_records is 0 (all) or at most the store's records."""
+    total = sum(s.records for s in manifest.shards_of(tc.format))
+    if not 0 <= tc.max_records <= total:
+        raise UserError(
+            f"train.max_records={tc.max_records} is out of range: the store holds {total} "
+            f"{tc.format} records (0: train on all of them)"
+        )
 
 
 def checkpoint_to_resume(out: Location, signature: dict, resume: bool) -> str | None:
@@ -104,6 +115,7 @@ def run_signature(tc, interpolant: str, world: int, manifest: Manifest) -> dict:
         "train.format": tc.format,
         "train.lr": tc.lr,
         "train.weight_decay": tc.weight_decay,
+        "train.max_records": tc.max_records,
         "store records": sum(s.records for s in manifest.shards_of(tc.format)),
         "store config": config_hash(manifest.config),
     }
@@ -116,7 +128,7 @@ def _saved_value(saved: dict, key: str):
     name = key.removeprefix("train.")
     if name in DIMS and saved.get("train.size") in DRIFT_SIZES:
         return getattr(DRIFT_SIZES[saved["train.size"]], name)
-    return {"train.grad_accum": 1, "train.fsdp": False}.get(key)
+    return {"train.grad_accum": 1, "train.fsdp": False, "train.max_records": 0}.get(key)
 
 
 def complete_checkpoints(ckpts: Location) -> list[str]:

@@ -147,3 +147,21 @@ def test_stream_refuses_bad_arguments(tmp_path, make_store):
         RecordStream(tmp_path, "zarr", 0, 1, batch_size=2, seed=0)
     with pytest.raises(UserError, match="rank 2"):
         RecordStream(tmp_path, "wds", 2, 2, batch_size=2, seed=0)
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "wds"])
+def test_max_records_streams_the_stores_first_records_and_nests(tmp_path, make_store, fmt):
+    # the scaling curve's data sizes: prefixes of the store in manifest order, one inside the next
+    _, recs = make_store(tmp_path, [5, 4, 6, 3], formats=[fmt])
+    seen = {}
+    for n in (4, 7, 18):  # inside the first shard, across a cut second shard, every record
+        ids = []
+        for rank in range(2):
+            stream = RecordStream(tmp_path, fmt, rank, 2, 2, seed=1, max_records=n)
+            dl = DataLoader(stream, batch_size=None, num_workers=0, collate_fn=keep)
+            ids += [i for b in dl for i in b["ids"]]
+        assert sorted(ids) == sorted(r.id for r in recs[:n]) and len(ids) == n, n
+        seen[n] = set(ids)
+    assert seen[4] < seen[7] < seen[18]
+    with pytest.raises(UserError, match="max_records=19 but the store holds 18"):
+        RecordStream(tmp_path, fmt, 0, 1, 2, seed=1, max_records=19)
