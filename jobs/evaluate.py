@@ -30,8 +30,9 @@ from hyperflow.evaluation.plan import (
 )
 from hyperflow.evaluation.plots import plot_loss_curves, plot_tradeoff
 from hyperflow.evaluation.report import markdown, summarize, write_report
+from hyperflow.evaluation.reuse import load_reusable
 from hyperflow.evaluation.worker import EvalWorker, MethodSpec
-from hyperflow.model import load_target
+from hyperflow.model import load_target, target_id
 from hyperflow.smat import load_smat
 from jobs.common import add_config_args, check_ranges, output, positive_int, source
 
@@ -51,6 +52,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--workers", type=positive_int, help="Ray actors (default: the config's)")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local one)")
+    p.add_argument(
+        "--reuse",
+        help="a previous results.json (or its directory, path or URL): the gradient baselines "
+        "it holds for the same target and episodes are copied, not re-run",
+    )
 
 
 def run(args: argparse.Namespace) -> None:
@@ -92,10 +98,25 @@ def run(args: argparse.Namespace) -> None:
     shifts = tuple(ev.shifts)
     jobs = episode_jobs(data, domains, episodes, ec.way, ec.shot, ec.query, ev.seed, 0, shifts)
     lrs = dict(cfg.adapt.lr)
+    header = {
+        "episodes_per_domain": episodes,
+        "way": ec.way,
+        "shot": ec.shot,
+        "seed": ev.seed,
+        "dataset": dataset,
+        "target": str(args.target),
+        "target_id": target_id(args.target),
+        "shifts": list(shifts),
+    }
+    reused = load_reusable(args.reuse, header, domains, names) if args.reuse else {}
+    if reused:
+        print(f"reusing {', '.join(reused)} from {args.reuse}")
+        lrs.update({name: e["lr"] for name, e in reused.items() if e.get("lr") is not None})
+    to_run = [n for n in names if n not in reused]
 
     def plan(lrs: dict[str, float]) -> list[MethodSpec]:
         return method_specs(
-            names,
+            to_run,
             lrs,
             cfg.adapt.steps,
             drifts,
@@ -103,6 +124,7 @@ def run(args: argparse.Namespace) -> None:
             ev.solver_steps,
             ev.encode_chunk,
             smat=args.smat,
+            step_scales=ev.step_scales,
         )
 
     methods = plan(lrs)
@@ -126,7 +148,7 @@ def run(args: argparse.Namespace) -> None:
     # learning rates: grid search on validation episodes of the held-out domains
     search = [
         m
-        for m in lr_candidates(names, cfg.adapt.lr_grid, cfg.adapt.full_lr_grid, cfg.adapt.steps)
+        for m in lr_candidates(to_run, cfg.adapt.lr_grid, cfg.adapt.full_lr_grid, cfg.adapt.steps)
         if m.kind not in lrs
     ]
     if search:
@@ -155,19 +177,11 @@ def run(args: argparse.Namespace) -> None:
     memory = measure_memory(methods, jobs[0], init, ev.gpus_per_worker)
 
     # report
-    header = {
-        "episodes_per_domain": episodes,
-        "way": ec.way,
-        "shot": ec.shot,
-        "seed": ev.seed,
-        "dataset": dataset,
-        "target": str(args.target),
-        "shifts": list(shifts),
-    }
     splits = {
         d: {"split": data.domains[d].split, "family": data.domains[d].family} for d in domains
     }
     results = summarize(rows, methods, splits, header, memory)
+    results["methods"] = {**reused, **results["methods"]}  # the baselines first, as listed
     out.makedirs()
     out.write_bytes("accuracy_vs_time.png", plot_tradeoff(results))
     if curves:

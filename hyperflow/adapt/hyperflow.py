@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from engine.storage import location
+from hyperflow.adapt.line_search import line_search
 from hyperflow.adapt.methods import Adapted
 from hyperflow.bias import get_theta
 from hyperflow.data.episodes import Episode
@@ -87,6 +89,14 @@ def adapt_hyperflow(
     steps: int,
     solver: str = "euler",
     chunk: int = 0,
+    scales: Sequence[float] = (),
+    seed: int = 0,
 ) -> Adapted:
-    """HyperFlow adaptation; `predict(model, episode, adapted)` gives the query logits."""
-    return Adapted(theta=adapted_theta(model, net, episode, steps, solver, chunk=chunk))
+    """HyperFlow adaptation; `predict(model, episode, adapted)` gives the query logits. With
+    `scales`, theta_T is replaced by the point theta_0 + s (theta_T - theta_0) of lowest support
+    loss over them (line_search; augmentation from `seed`), forward passes only."""
+    theta = adapted_theta(model, net, episode, steps, solver, chunk=chunk)  # [P]
+    if scales:
+        theta0 = get_theta(model.backbone, model.layout)  # [P]
+        theta = line_search(model, episode, theta0, theta, scales, seed)[0]
+    return Adapted(theta=theta)

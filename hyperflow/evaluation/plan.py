@@ -7,6 +7,9 @@ disjoint seed range.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import numpy as np
 
 from hyperflow.adapt.methods import GRADIENT_METHODS
@@ -22,6 +25,7 @@ HYPERFLOW_METHODS = {
     "hyperflow_pl": "piecewise_linear",
     "hyperflow_cubic": "piecewise_cubic",
 }
+LINE_SEARCH = "_ls"  # suffix of a HyperFlow method: line search along theta_T - theta_0
 VALIDATION_OFFSET = 10_000_000  # validation episode indices never meet evaluation indices
 
 
@@ -61,13 +65,15 @@ def method_specs(
     solver_steps: list[int],
     chunk: int = 0,
     smat: str | None = None,
+    step_scales: Sequence[float] = (1.0,),
 ) -> list[MethodSpec]:
     """Expand method names into runnable variants; hyperflow methods once per solver step count
-    (encoding the support `chunk` images at a time, 0: all at once); SMAT methods need `smat`,
-    the trained SMAT's location (--smat)."""
+    (encoding the support `chunk` images at a time, 0: all at once), each with an `_ls` twin that
+    line-searches `step_scales`; SMAT methods need `smat`, the trained SMAT's location (--smat)."""
     if chunk < 0:
         raise UserError(f"evaluate.encode_chunk must be >= 0 (0: whole support set), got {chunk}")
-    if any(name in HYPERFLOW_METHODS for name in names):  # fail here, not in a Ray actor
+    scales = check_step_scales(step_scales)
+    if any(_hyperflow_base(name) for name in names):  # fail here, not in a Ray actor
         if solver not in SOLVERS:
             raise UserError(f"evaluate.solver {solver!r} unknown; choose one of {sorted(SOLVERS)}")
         bad = [k for k in solver_steps if isinstance(k, bool) or not isinstance(k, int) or k < 1]
@@ -79,16 +85,17 @@ def method_specs(
             specs.append(
                 MethodSpec(name, name, lrs.get(name, 0.0), 0 if name == "direct" else steps)
             )
-        elif name in HYPERFLOW_METHODS:
-            interp = HYPERFLOW_METHODS[name]
+        elif base := _hyperflow_base(name):
+            interp = HYPERFLOW_METHODS[base]
+            searched = scales if name != base else ()
             if interp not in drifts:
                 raise UserError(
                     f"method {name!r} needs a drift network trained with interpolant {interp!r}; "
                     f"--drift provides {sorted(drifts) or 'none'}"
                 )
             for k in solver_steps:
-                spec = MethodSpec(f"{name}@{k}", "hyperflow", 0.0, k, interp, solver, chunk)
-                specs.append(spec)
+                args = (0.0, k, interp, solver, chunk, searched)
+                specs.append(MethodSpec(f"{name}@{k}", "hyperflow", *args))
         elif name in SMAT_METHODS:
             if smat is None:
                 raise UserError(
@@ -99,9 +106,24 @@ def method_specs(
             tuned = name == "smat_finetune"
             specs.append(MethodSpec(name, name, lrs.get(name, 0.0), steps if tuned else 0))
         else:
-            valid = sorted(GRADIENT_METHODS) + sorted(HYPERFLOW_METHODS) + sorted(SMAT_METHODS)
+            hyperflow = [m + ls for m in sorted(HYPERFLOW_METHODS) for ls in ("", LINE_SEARCH)]
+            valid = sorted(GRADIENT_METHODS) + hyperflow + sorted(SMAT_METHODS)
             raise UserError(f"unknown method {name!r}; choose from {valid}")
     return specs
+
+
+def check_step_scales(scales: Sequence[float]) -> tuple[float, ...]:
+    """The line-search scales as floats; refuses an empty list or a scale not a number > 0."""
+    numbers = all(isinstance(s, int | float) and not isinstance(s, bool) for s in scales)
+    if not scales or not numbers or not all(math.isfinite(s) and s > 0 for s in scales):
+        raise UserError(f"evaluate.step_scales must be a non-empty list of numbers > 0: {scales}")
+    return tuple(float(s) for s in scales)
+
+
+def _hyperflow_base(name: str) -> str | None:
+    """The HyperFlow method a name runs ("hyperflow_pl_ls" -> "hyperflow_pl"), else None."""
+    base = name.removesuffix(LINE_SEARCH)
+    return base if base in HYPERFLOW_METHODS else None
 
 
 def lr_candidates(names: list[str], grid: list[float], full_grid: list[float], steps: int):

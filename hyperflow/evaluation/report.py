@@ -35,6 +35,9 @@ def summarize(
             "peak_memory_bytes": memory.get(m.name, {}).get("bytes"),
             "memory_device": memory.get(m.name, {}).get("device"),
             "solver_steps": m.steps if m.kind == "hyperflow" else None,
+            "step_scales": list(m.scales) or None,  # line-search scales (hyperflow_*_ls)
+            # cost in floors: support-set forward passes (None: also backward passes)
+            "support_forwards": m.support_forwards(),
             "lr": m.lr if m.kind not in ("hyperflow", "direct", "smat") else None,
         }
     return out
@@ -49,7 +52,7 @@ def markdown(results: dict) -> str:
     """Per-domain accuracy (mean +- 95% CI, in %) with split averages and cost columns."""
     domains = list(results["domains"])
     head = ["method"] + [f"{d} ({results['domains'][d]['split']})" for d in domains]
-    head += ["base", "held-out", "s/episode", "peak MB"]
+    head += ["base", "held-out", "s/episode", "peak MB", "floors"]
     lines = [
         f"{results['way']}-way {results['shot']}-shot, {results['episodes_per_domain']} episodes "
         f"per domain, seed {results['seed']}; accuracy in % with 95% confidence intervals.",
@@ -67,6 +70,8 @@ def markdown(results: dict) -> str:
         cells.append(f"{m['adapt_seconds_per_episode']:.4f}")
         mem = m["peak_memory_bytes"]
         cells.append(f"{mem / 2**20:.1f}" if mem is not None else "-")
+        floors = m.get("support_forwards")  # absent from results written before it existed
+        cells.append(str(floors) if floors is not None else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from hyperflow.adapt.hyperflow import adapt_hyperflow, adapted_theta, load_for_target
+from hyperflow.adapt.line_search import FORWARDS_PER_SCALE
 from hyperflow.adapt.methods import GRADIENT_METHODS, Adapted, accuracy, adapt, classify, predict
 from hyperflow.adapt.simulate import simulate, support_loss
 from hyperflow.bias import get_theta
@@ -32,6 +33,18 @@ class MethodSpec:
     drift: str | None = None  # which drift network (hyperflow only)
     solver: str = "euler"
     chunk: int = 0  # hyperflow: support images per encoder forward (0: all at once)
+    scales: tuple[float, ...] = ()  # hyperflow: line-search scales of theta_T - theta_0 (_ls)
+
+    def support_forwards(self) -> int | None:
+        """Forward passes over the support set one adaptation makes (one pass = one floor);
+        None for methods that also run backward passes (gradient methods, smat_finetune)."""
+        if self.kind == "direct":
+            return 0
+        if self.kind == "smat":
+            return 1  # the router reads the support set's prototypes under the frozen target
+        if self.kind == "hyperflow":  # one encoder pass (all its chunks), then the line search
+            return 1 + FORWARDS_PER_SCALE * len(self.scales)
+        return None
 
 
 @dataclass(frozen=True)
@@ -79,7 +92,8 @@ class EvalWorker:
             lr, steps = method.lr, method.steps
             return adapt_smat_finetune(self.model, self.smat, episode, lr, steps, seed)
         net = self.drifts[method.drift]
-        return adapt_hyperflow(self.model, net, episode, method.steps, method.solver, method.chunk)
+        m = method
+        return adapt_hyperflow(self.model, net, episode, m.steps, m.solver, m.chunk, m.scales, seed)
 
     def run(self, work: tuple[list[EpisodeJob], list[MethodSpec]]) -> list[dict]:
         """Adapt every episode with every method: one row per (episode, method)."""

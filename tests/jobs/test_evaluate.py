@@ -14,13 +14,13 @@ METHODS = "direct,bias_tuning,hyperflow_cubic"
 DOMAINS = "evaluate.domains=[latin,georgian-noise,hebrew-invert]"  # one base, two held-out
 
 
-def _drift(target_dir, out, include=None):
+def _drift(target_dir, out, include=None, interpolant="piecewise_cubic"):
     """An untrained but valid drift network for the target (or for another bias layout)."""
     model = load_target(target_dir)
     layout = select_biases(model.backbone, include) if include else model.layout
     net = DriftNet(
         layout,
-        DriftConfig("small", "target", "piecewise_cubic"),
+        DriftConfig("small", "target", interpolant),
         model.backbone,
         model.feature_dim,
         horizon=5,
@@ -142,3 +142,38 @@ def test_bad_input_is_a_clear_error(cli, tiny_target, tmp_path, argv, needle):
     assert proc.returncode != 0
     assert needle in proc.stderr
     assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_line_search_variants_report_their_floors(cli, tiny_target, tmp_path):
+    drift = _drift(tiny_target, tmp_path / "linear", interpolant="linear")
+    out = tmp_path / "out"
+    sets = [DOMAINS, "evaluate.solver_steps=[1]", "evaluate.step_scales=[1,2]"]
+    cli(
+        *("evaluate", "--config", "tiny", "--target", str(tiny_target), "--drift", str(drift)),
+        *("--methods", "hyperflow_linear,hyperflow_linear_ls"),
+        *("--episodes", "1", "--workers", "1", "--out", str(out)),
+        *[x for kv in sets for x in ("--set", kv)],
+    )
+    methods = json.loads((out / "results.json").read_text())["methods"]
+    assert set(methods) == {"hyperflow_linear@1", "hyperflow_linear_ls@1"}
+    ls = methods["hyperflow_linear_ls@1"]
+    # one encoder pass, then the clean and augmented support at each of the 2 scales
+    assert ls["support_forwards"] == 5 and ls["step_scales"] == [1.0, 2.0]
+    assert ls["solver_steps"] == 1 and ls["peak_memory_bytes"] is not None
+    assert ls["adapt_seconds_per_episode"] > 0
+    assert methods["hyperflow_linear@1"]["support_forwards"] == 1
+    assert methods["hyperflow_linear@1"]["step_scales"] is None
+    assert "hyperflow_linear_ls@1" in (out / "results.md").read_text()
+
+
+def test_bad_step_scales_are_refused(cli, tiny_target, tmp_path):
+    # the other bad values: tests/hyperflow/evaluation/test_plan.py
+    proc = cli(
+        *("evaluate", "--config", "tiny", "--target", str(tiny_target)),
+        *("--methods", "hyperflow_linear_ls", "--set", "evaluate.step_scales=[1,0]"),
+        *("--out", str(tmp_path / "out")),
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "evaluate.step_scales" in proc.stderr
+    assert not (tmp_path / "out").exists()

@@ -8,7 +8,8 @@ import pytest
 from hyperflow.data import load_dataset
 from hyperflow.data.episodes import EpisodeSpec, build_episode
 from hyperflow.errors import UserError
-from hyperflow.evaluation.plan import episode_jobs
+from hyperflow.evaluation.plan import episode_jobs, method_specs
+from hyperflow.evaluation.worker import MethodSpec
 
 
 @pytest.fixture(scope="module")
@@ -38,3 +39,27 @@ def test_shifts_change_the_images_of_the_same_episodes(glyphs):
 def test_an_unknown_shift_is_refused_by_name(glyphs):
     with pytest.raises(UserError, match="warp"):
         episode_jobs(glyphs, glyphs.names("base")[:1], 1, 5, 5, 15, seed=0, shifts=("warp",))
+
+
+def test_line_search_twins_carry_the_scales():
+    drifts = {"linear": "d/linear"}
+    names = ["hyperflow_linear", "hyperflow_linear_ls"]
+    specs = method_specs(names, {}, 20, drifts, "euler", [1, 20], 13, step_scales=[1, 2.5])
+    assert [s.name for s in specs] == [
+        "hyperflow_linear@1",
+        "hyperflow_linear@20",
+        "hyperflow_linear_ls@1",
+        "hyperflow_linear_ls@20",
+    ]
+    assert {s.scales for s in specs[:2]} == {()} and {s.scales for s in specs[2:]} == {(1.0, 2.5)}
+    assert all((s.drift, s.chunk, s.kind) == ("linear", 13, "hyperflow") for s in specs)
+    assert [s.support_forwards() for s in specs] == [1, 1, 5, 5]
+    # direct adapts with no pass, the SMAT merge with one; gradient methods run backward too
+    floors = {m: MethodSpec(m, m).support_forwards() for m in ("direct", "smat", "bias_tuning")}
+    assert floors == {"direct": 0, "smat": 1, "bias_tuning": None}
+
+
+@pytest.mark.parametrize("scales", [[], [1, 0], [1, -0.5], [1, "a"], [True], [float("nan")]])
+def test_bad_step_scales_are_refused(scales):
+    with pytest.raises(UserError, match="evaluate.step_scales"):
+        method_specs(["hyperflow_linear_ls"], {}, 20, {}, "euler", [1], step_scales=scales)
