@@ -73,7 +73,7 @@ def method_specs(
     if chunk < 0:
         raise UserError(f"evaluate.encode_chunk must be >= 0 (0: whole support set), got {chunk}")
     scales = check_step_scales(step_scales)
-    if any(_hyperflow_base(name) for name in names):  # fail here, not in a Ray actor
+    if any(hyperflow_base(name) for name in names):  # fail here, not in a Ray actor
         if solver not in SOLVERS:
             raise UserError(f"evaluate.solver {solver!r} unknown; choose one of {sorted(SOLVERS)}")
         bad = [k for k in solver_steps if isinstance(k, bool) or not isinstance(k, int) or k < 1]
@@ -85,7 +85,7 @@ def method_specs(
             specs.append(
                 MethodSpec(name, name, lrs.get(name, 0.0), 0 if name == "direct" else steps)
             )
-        elif base := _hyperflow_base(name):
+        elif base := hyperflow_base(name):
             interp = HYPERFLOW_METHODS[base]
             searched = scales if name != base else ()
             if interp not in drifts:
@@ -120,7 +120,7 @@ def check_step_scales(scales: Sequence[float]) -> tuple[float, ...]:
     return tuple(float(s) for s in scales)
 
 
-def _hyperflow_base(name: str) -> str | None:
+def hyperflow_base(name: str) -> str | None:
     """The HyperFlow method a name runs ("hyperflow_pl_ls" -> "hyperflow_pl"), else None."""
     base = name.removesuffix(LINE_SEARCH)
     return base if base in HYPERFLOW_METHODS else None
