@@ -17,6 +17,7 @@ COMMANDS = {
     "train": ("train", "train a drift network from a store (Accelerate; --nproc for ranks)"),
     "evaluate": ("evaluate", "evaluate direct, gradient and HyperFlow adaptation per domain"),
     "pipeline": ("pipeline", "pretrain, collect, train and evaluate end to end"),
+    "sweep": ("sweep", "the scaling curve: drift sizes x trajectory counts, docs table + PNG"),
     "bench": ("bench", "benchmarks printing JSON"),
 }
 

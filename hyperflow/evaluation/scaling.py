@@ -1,0 +1,91 @@
+"""The scaling curve's numbers: held-out accuracy, its interval, and the share of bias-tuning's gain
+that a method recovers, per group of shift families (collected vs never collected).
+
+Gain recovered over a group of domains = (method - direct) / (bias_tuning - direct), each term the
+mean of the group's per-domain means. Its interval is not reported: the accuracy intervals are.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
+
+
+def heldout_groups(results: dict, collected: list[str]) -> dict[str, list[str]]:
+    """{"heldout": all held-out domains, "collected": those whose shift family trajectories were
+    collected under, "never": the rest}, from results.json's domain table."""
+    held = [d for d, v in results["domains"].items() if v["split"] == "heldout"]
+    if not held:
+        raise ValueError("results have no held-out domains: nothing to measure recovery on")
+    fam = {d: results["domains"][d].get("family") for d in held}
+    return {
+        "heldout": held,
+        "collected": [d for d in held if fam[d] in collected],
+        "never": [d for d in held if fam[d] not in collected],
+    }
+
+
+def group_mean(results: dict, method: str, domains: list[str]) -> tuple[float, float]:
+    """(mean of the domains' mean accuracies, its 95% half-interval), both in [0, 1].
+
+    Domains are independent samples of episodes, so the variance of the mean of their means is
+    the sum of their squared standard errors over len(domains)^2.
+    """
+    acc = results["methods"][method]["acc"]
+    missing = [d for d in domains if d not in acc]
+    assert not missing, f"{method} has no results on {missing}"
+    mean = sum(acc[d]["mean"] for d in domains) / len(domains)
+    se2 = sum((acc[d]["ci95"] / 1.96) ** 2 for d in domains)
+    return mean, 1.96 * math.sqrt(se2) / len(domains)
+
+
+def recovery(results: dict, method: str, domains: list[str]) -> float | None:
+    """Share of bias-tuning's gain over direct transfer that `method` recovers on `domains`
+    (None when bias-tuning gains nothing there)."""
+    direct = group_mean(results, "direct", domains)[0]
+    gain = group_mean(results, "bias_tuning", domains)[0] - direct
+    if gain <= 0:
+        return None
+    return (group_mean(results, method, domains)[0] - direct) / gain
+
+
+def summary_row(results: dict, method: str, collected: list[str]) -> dict:
+    """Held-out accuracy with its interval and recovery per group, for one method's results."""
+    groups = heldout_groups(results, collected)
+    mean, ci = group_mean(results, method, groups["heldout"])
+    row = {"heldout": mean, "heldout_ci95": ci}
+    for name, domains in groups.items():
+        row[f"recovery_{name}"] = recovery(results, method, domains) if domains else None
+    return row
+
+
+def plot_curve(rows: list[dict], method: str) -> bytes:
+    """PNG: recovery against trajectories (log axis), one line per drift size, one panel per
+    group (all held-out, collected families, never-collected families)."""
+    panels = [("heldout", "all held-out"), ("collected", "collected"), ("never", "never collected")]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4), sharey=True)
+    sizes = sorted(
+        {r["size"] for r in rows}, key=lambda s: min(x["params"] for x in rows if x["size"] == s)
+    )
+    for ax, (key, title) in zip(axes, panels):
+        for size in sizes:
+            pts = sorted((r["records"], r[f"recovery_{key}"]) for r in rows if r["size"] == size)
+            pts = [(n, 100 * v) for n, v in pts if v is not None]
+            params = next(r["params"] for r in rows if r["size"] == size)
+            ax.plot(*zip(*pts), marker="o", label=f"{size} ({params / 1e6:.1f}M)")
+        ax.set_xscale("log", base=2)
+        ax.set_title(title)
+        ax.set_xlabel("trajectories")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"% of bias-tuning's gain ({method})")
+    axes[0].legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()

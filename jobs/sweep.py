@@ -1,0 +1,167 @@
+"""`hyperflow sweep`: the scaling curve, drift sizes x trajectory counts on the same episodes.
+
+For every drift size (train.size preset) and every N in --records, trains a drift network on the
+store's first N records (train.max_records: nested subsets) and evaluates it on the episodes of
+--baselines, a results.json holding `direct` and `bias_tuning` for exactly those episodes and
+target (`hyperflow evaluate --methods direct,bias_tuning`); the baselines are copied
+(`evaluate --reuse`), never re-run. Each grid point is exactly the `hyperflow train` and
+`hyperflow evaluate` command a user would type, printed as it starts; points whose outputs exist
+are skipped, so an interrupted sweep continues where it stopped.
+
+Writes DIR/scaling.md (a table: held-out accuracy with its 95% interval, and the share of
+bias-tuning's gain recovered on all held-out domains, on those whose shift family trajectories
+were collected under, and on the never-collected ones) and DIR/scaling.png (that recovery against
+trajectories, one line per size), and prints the rows as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+from engine.manifest import Manifest
+from engine.storage import location
+from hyperflow.config import load_config
+from hyperflow.drift.sizes import DRIFT_SIZES
+from hyperflow.errors import UserError
+from hyperflow.evaluation.plan import HYPERFLOW_METHODS
+from hyperflow.evaluation.scaling import plot_curve, summary_row
+from jobs.common import add_config_args, output, source
+
+BASELINES = ("direct", "bias_tuning")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_config_args(p)
+    p.add_argument("--store", required=True, help="the store to draw nested subsets from")
+    p.add_argument("--target", required=True, help="the target the store was collected with")
+    p.add_argument(
+        "--baselines",
+        required=True,
+        help="results.json (or its directory) with direct and bias_tuning on the report episodes",
+    )
+    p.add_argument("--out", required=True, help="directory or URL: one sub-directory per point")
+    p.add_argument("--sizes", default="small,base,large", help="drift size presets, comma list")
+    p.add_argument("--records", default="300,600,1200,2400,4800", help="trajectory counts")
+    p.add_argument("--method", default="hyperflow_cubic", choices=sorted(HYPERFLOW_METHODS))
+    p.add_argument("--steps", type=int, default=20, help="Euler steps of the reported method")
+
+
+def _int_list(text: str, what: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise UserError(f"{what} must be comma-separated whole numbers, got {text!r}") from None
+    if any(v < 1 for v in values):
+        raise UserError(f"{what} must all be >= 1, got {text!r}")
+    return sorted(set(values))
+
+
+def run(args: argparse.Namespace) -> None:
+    # config: every input checked before the first run starts
+    cfg = load_config(args.config, args.set)
+    sizes = args.sizes.split(",")
+    for s in sizes:
+        if s not in DRIFT_SIZES:
+            raise UserError(f"--sizes: unknown drift size {s!r}; choose from {sorted(DRIFT_SIZES)}")
+    records = _int_list(args.records, "--records")
+    source(args.target, "--target")
+    manifest = Manifest.load(source(args.store, "--store").url)
+    held = sum(s.records for s in manifest.shards_of(cfg.train.format))
+    if records[-1] > held:
+        raise UserError(f"--records {records[-1]} is more than the store's {held} records")
+    base = _load_results(args.baselines, "--baselines")
+    missing = [m for m in BASELINES if m not in base["methods"]]
+    if missing:
+        raise UserError(f"--baselines {args.baselines!r} lacks {missing}")
+    if args.steps not in cfg.evaluate.solver_steps:
+        raise UserError(f"--steps {args.steps} not in evaluate.solver_steps")
+    interpolant = HYPERFLOW_METHODS[args.method]
+    reported = f"{args.method}@{args.steps}"
+    collected = list(manifest.config.get("shifts", []))
+    out = output(args.out)
+    common = ["--config", args.config] + [x for kv in args.set for x in ("--set", kv)]
+    # the baselines' episodes: same seed, count and domains, so --reuse accepts them
+    episodes = [
+        f"evaluate.seed={base['seed']}",
+        f"evaluate.domains={json.dumps(list(base['domains']))}",
+        f"evaluate.shifts={json.dumps(base.get('shifts', []))}",
+    ]
+
+    # loop: one train + one evaluate per point; finished points are skipped
+    rows = []
+    for size in sizes:
+        for n in records:
+            point = f"{size}-{n}"
+            drift, report = f"{out.url}/{point}", f"{out.url}/{point}/eval"
+            if not out.exists(f"{point}/drift.json"):
+                sets = [f"train.size={size}", f"train.max_records={n}"]
+                _hyperflow(
+                    ["train", *common, "--store", args.store, "--target", args.target]
+                    + ["--out", drift, "--interpolant", interpolant, *_sets(sets)]
+                )
+            if not out.exists(f"{point}/eval/results.json"):
+                _hyperflow(
+                    ["evaluate", *common, "--target", args.target, "--drift", drift]
+                    + ["--methods", ",".join([*BASELINES, args.method])]
+                    + ["--episodes", str(base["episodes_per_domain"])]
+                    + ["--reuse", args.baselines, "--out", report, *_sets(episodes)]
+                )
+            results = _load_results(report, "evaluate --out")
+            params = json.loads(out.read_bytes(f"{point}/drift.json"))["params"]
+            rows.append(
+                {
+                    "size": size,
+                    "params": params,
+                    "records": n,
+                    **summary_row(results, reported, collected),
+                }
+            )
+
+    out.write_bytes("scaling.png", plot_curve(rows, reported))
+    out.write_bytes("scaling.md", _markdown(rows, reported, base, collected).encode())
+    print(json.dumps({"method": reported, "collected_shifts": collected, "rows": rows}, indent=1))
+    print(f"wrote {out.url}/scaling.md and scaling.png", file=sys.stderr)
+
+
+def _load_results(path: str, what: str) -> dict:
+    loc = location(path)
+    if loc.exists("results.json"):
+        return json.loads(loc.read_bytes("results.json"))
+    parent, _, name = loc.url.rstrip("/").rpartition("/")
+    if not name or not location(parent).exists(name):
+        raise UserError(f"{what} {path!r} is neither a results.json nor a directory with one")
+    return json.loads(location(parent).read_bytes(name))
+
+
+def _markdown(rows: list[dict], method: str, base: dict, collected: list[str]) -> str:
+    pct = lambda v: "-" if v is None else f"{100 * v:.0f}%"  # noqa: E731
+    lines = [
+        f"{method}: held-out accuracy (95% interval) and share of bias-tuning's gain recovered; "
+        f"{base['episodes_per_domain']} episodes per domain, seed {base['seed']}; collected "
+        f"shift families {collected}.",
+        "",
+        "| size | params | trajectories | held-out | all | collected | never collected |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['size']} | {r['params'] / 1e6:.2f}M | {r['records']} | "
+            f"{100 * r['heldout']:.1f} ± {100 * r['heldout_ci95']:.1f} | "
+            f"{pct(r['recovery_heldout'])} | {pct(r['recovery_collected'])} | "
+            f"{pct(r['recovery_never'])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _sets(sets: list[str]) -> list[str]:
+    return [x for kv in sets for x in ("--set", kv)]
+
+
+def _hyperflow(argv: list[str]) -> None:
+    print(f"[sweep] hyperflow {' '.join(argv)}", file=sys.stderr, flush=True)
+    code = subprocess.call([sys.executable, "-m", "jobs.cli", *argv], stdout=sys.stderr)
+    if code != 0:
+        raise UserError(f"`hyperflow {argv[0]}` failed (exit {code}); the sweep stops here")
