@@ -22,7 +22,7 @@ from engine.pool import stage_env
 from engine.storage import Location
 from hyperflow.config import load_config
 from hyperflow.errors import UserError
-from hyperflow.evaluation.plan import HYPERFLOW_METHODS, hyperflow_base
+from hyperflow.evaluation.plan import interpolants_for
 from hyperflow.smat import SMAT_METHODS
 from jobs.common import add_config_args, output, positive_int
 from jobs.train_state import CHECKPOINTS, complete_checkpoints
@@ -50,9 +50,7 @@ def run(args: argparse.Namespace) -> None:
         ["--address", args.address] if args.address else []
     )
     target, store, drift, evaluation = (out.child(n) for n in ("target", "store", "drift", "eval"))
-    # the drift networks the evaluation needs (an `_ls` method runs its plain method's drift)
-    bases = [hyperflow_base(m) for m in cfg.evaluate.methods]
-    interpolants = list(dict.fromkeys(HYPERFLOW_METHODS[b] for b in bases if b))
+    interpolants = interpolants_for(cfg.evaluate.methods)  # the drift networks evaluate needs
     smat = out.child("smat") if set(cfg.evaluate.methods) & set(SMAT_METHODS) else None
 
     # stages

@@ -31,7 +31,6 @@ the tests use it to check disjoint, complete epochs across real ranks.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import resource
 import sys
@@ -41,14 +40,12 @@ from dataclasses import asdict
 import torch
 from accelerate.utils import set_seed
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from engine.manifest import Manifest
-from engine.stores import read_records
-from engine.stream import EpochStream, RecordStream, collate, keep, split_support
+from engine.stream import EpochStream, split_support
 from hyperflow.config import load_config, to_dict
-from hyperflow.drift import DriftNet, drift_config, fit_normalizer_from_knots, save_drift
+from hyperflow.drift import DriftNet, drift_config, save_drift
 from hyperflow.drift.objective import drift_loss
 from hyperflow.errors import UserError
 from hyperflow.model import target_id
@@ -60,7 +57,9 @@ from jobs.train_accel import (
     local_parameters,
     make_accelerator,
 )
-from jobs.train_inputs import SupportCache, support_inputs
+from jobs.train_data import loader as loader_of
+from jobs.train_data import record_stream, warmup_cosine
+from jobs.train_inputs import SupportCache, fit_normalizers, support_inputs
 from jobs.train_state import (
     StepLog,
     check_max_records,
@@ -71,7 +70,6 @@ from jobs.train_state import (
 )
 from jobs.train_step import groups, optimizer_step
 
-NORMALIZER_RECORDS = 256  # records (in manifest order, the same on every rank) for normalisers
 SEEN_ENV = "HYPERFLOW_TRAIN_SEEN"  # "1": each rank logs the record ids of every step
 
 
@@ -138,14 +136,12 @@ def run(args: argparse.Namespace) -> None:
     params = net.num_parameters()  # before prepare: FSDP shards them
     set_seed(tc.seed + rank)
     # the same generator on every rank, so every rank computes the same normalisers
-    _fit_normalizers(
-        net, model, args.store, tc, interpolant, torch.Generator().manual_seed(tc.seed)
-    )
+    fit_normalizers(net, model, args.store, tc, interpolant, torch.Generator().manual_seed(tc.seed))
     gen = torch.Generator().manual_seed(tc.seed * 1000 + rank)  # t samples; per rank
     opt = torch.optim.AdamW(
         [p for p in net.parameters() if p.requires_grad], lr=tc.lr, weight_decay=tc.weight_decay
     )
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _warmup_cosine(tc.warmup, tc.steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(tc.warmup, tc.steps))
     objective, opt, sched = accelerator.prepare(
         _Objective(net, interpolant, tc.theta_noise), opt, sched
     )
@@ -154,16 +150,7 @@ def run(args: argparse.Namespace) -> None:
         print(f"rank {rank} holds {local_parameters(objective):,} of {params:,} parameters (FSDP)")
     # workers collate: a batch crosses to the trainer as 2 shared-memory tensors and a few small
     # pickled arrays, so the trainer's side of the hand-over is cheap (engine.stream.collate)
-    stream = RecordStream(
-        args.store,
-        tc.format,
-        rank,
-        world,
-        tc.batch_size,
-        tc.seed,
-        shuffle_buffer=tc.shuffle_buffer,
-        max_records=tc.max_records,
-    )
+    stream = record_stream(args.store, tc, rank, world, tc.batch_size, tc.seed)
     step, epoch, start = 0, 0, 0
     if resume_from is not None:
         step, epoch, start = resume(accelerator, out, resume_from, gen)
@@ -180,7 +167,7 @@ def run(args: argparse.Namespace) -> None:
 
     # loop: one loader for the whole run (EpochStream), its workers read ahead across epochs
     bar = tqdm(total=tc.steps, initial=step, desc="train", disable=not accelerator.is_main_process)
-    loader = _loader(EpochStream(stream, epoch, start), tc)
+    loader = loader_of(EpochStream(stream, epoch, start), tc)
 
     def loss_of(item: tuple[int, int, dict]) -> torch.Tensor:
         batch = item[2]
@@ -256,41 +243,6 @@ def run(args: argparse.Namespace) -> None:
     print(f"rank {rank}: peak RSS {peak:.0f} MB", flush=True)
 
 
-def _loader(stream: EpochStream, tc) -> DataLoader:
-    if not tc.loader_workers:
-        return DataLoader(stream, batch_size=None, collate_fn=keep)
-    # Batches cross from workers as shared-memory tensors. The default "file_descriptor"
-    # strategy passes each tensor's fd over a socket: ~1 ms per tensor on the trainer's side,
-    # measured here, 6 ms per 5-tensor batch against 1.8 ms with named segments (torch's
-    # shm manager still unlinks them when the processes exit); 2 tensors: ~1 ms.
-    torch.multiprocessing.set_sharing_strategy("file_system")
-    # Each worker's first batch of an epoch needs ~shuffle_buffer / workers records read first:
-    # let it run that far ahead so the read hides behind steps instead of stalling one.
-    ahead = math.ceil(tc.shuffle_buffer / (tc.batch_size * tc.loader_workers)) + 2
-    workers = tc.loader_workers
-    return DataLoader(
-        stream, batch_size=None, num_workers=workers, prefetch_factor=ahead, collate_fn=keep
-    )
-
-
-def _fit_normalizers(net, model, store, tc, interpolant, gen) -> None:
-    # from the records this run trains on: the first ones in manifest order
-    n = min(NORMALIZER_RECORDS, tc.max_records or NORMALIZER_RECORDS)
-    records = []
-    for r in read_records(store, tc.format):
-        records.append(r)
-        if len(records) == n:
-            break
-    knots = torch.stack([torch.from_numpy(r.theta).float() for r in records])  # [n, T+1, P]
-    stats = None
-    if net.n_stats:  # site statistics of these records' support sets, 32 episodes per pass
-        chunks = [records[i : i + 32] for i in range(0, len(records), 32)]
-        stats = torch.cat(
-            [support_inputs(net, model, collate(c), SupportCache(0))[1] for c in chunks]
-        )
-    fit_normalizer_from_knots(net, knots, interpolant, gen, stats=stats)
-
-
 class _Objective(nn.Module):
     """The whole loss in one forward, so DDP sees (and syncs) every trained parameter."""
 
@@ -305,12 +257,3 @@ class _Objective(nn.Module):
             features, stats = self.net.support_inputs(features, labels)
         task = self.net.make_task(features, labels, stats)
         return drift_loss(self.net, knots, task, self.interpolant, gen, self.theta_noise)
-
-
-def _warmup_cosine(warmup: int, total: int):
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
-    return factor

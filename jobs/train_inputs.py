@@ -15,9 +15,12 @@ from collections import OrderedDict
 import torch
 from torch import Tensor
 
-from engine.stream import split_support
-from hyperflow.drift import DriftNet
+from engine.stores import read_records
+from engine.stream import collate, split_support
+from hyperflow.drift import DriftNet, fit_normalizer_from_knots
 from hyperflow.model import TargetModel
+
+NORMALIZER_RECORDS = 256  # records (in manifest order, the same on every rank) for normalisers
 
 
 class SupportCache:
@@ -86,3 +89,23 @@ def support_inputs(
     if not net.n_stats:
         return features, None
     return features, torch.stack([found[i][1] for i in batch["ids"]])
+
+
+def fit_normalizers(net, model, store: str, tc, interpolant: str, gen) -> None:
+    """Fit the drift network's input normalisers on the first NORMALIZER_RECORDS records this run
+    trains on (manifest order: the same on every rank, given the same `gen`)."""
+    # from the records this run trains on: the first ones in manifest order
+    n = min(NORMALIZER_RECORDS, tc.max_records or NORMALIZER_RECORDS)
+    records = []
+    for r in read_records(store, tc.format):
+        records.append(r)
+        if len(records) == n:
+            break
+    knots = torch.stack([torch.from_numpy(r.theta).float() for r in records])  # [n, T+1, P]
+    stats = None
+    if net.n_stats:  # site statistics of these records' support sets, 32 episodes per pass
+        chunks = [records[i : i + 32] for i in range(0, len(records), 32)]
+        stats = torch.cat(
+            [support_inputs(net, model, collate(c), SupportCache(0))[1] for c in chunks]
+        )
+    fit_normalizer_from_knots(net, knots, interpolant, gen, stats=stats)

@@ -23,14 +23,15 @@ from accelerate.utils import set_seed
 from tqdm import tqdm
 
 from engine.manifest import Manifest, config_hash
-from engine.stream import EpochStream, RecordStream, split_support
+from engine.stream import EpochStream, split_support
 from hyperflow.config import SmatTrainConfig, load_config, to_dict
 from hyperflow.errors import UserError
 from hyperflow.model import load_target, target_id
 from hyperflow.smat import Smat, SmatConfig, SmatEpisode, SmatObjective, save_smat
 from jobs.common import output, source
 from jobs.launch import needs_launch, relaunch, world_size
-from jobs.train import _loader, _warmup_cosine
+from jobs.train_data import loader as loader_of
+from jobs.train_data import record_stream, warmup_cosine
 from jobs.train_state import (
     StepLog,
     check_max_records,
@@ -75,19 +76,10 @@ def run(args: argparse.Namespace) -> None:
     for g in groups:  # decay pulls the dense delta to 0; on log_alpha it would bias the gates
         g["weight_decay"] = sc.weight_decay if g["name"] == "dense" else 0.0
     opt = torch.optim.AdamW(groups)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _warmup_cosine(sc.warmup, sc.steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(sc.warmup, sc.steps))
     objective, opt, sched = accelerator.prepare(SmatObjective(model, smat), opt, sched)
     core = accelerator.unwrap_model(objective)
-    stream = RecordStream(
-        args.store,
-        tc.format,
-        rank,
-        world,
-        sc.batch_size,
-        sc.seed,
-        shuffle_buffer=tc.shuffle_buffer,
-        max_records=tc.max_records,
-    )
+    stream = record_stream(args.store, tc, rank, world, sc.batch_size, sc.seed)
     step, epoch, start = 0, 0, 0
     if resume_from is not None:
         step, epoch, start = resume(accelerator, out, resume_from, gen)
@@ -100,7 +92,7 @@ def run(args: argparse.Namespace) -> None:
 
     # loop: the drift trainer's loader (one DataLoader over all epochs) at SMAT's batch size
     bar = tqdm(total=sc.steps, initial=step, desc="smat", disable=not accelerator.is_main_process)
-    loader = _loader(
+    loader = loader_of(
         EpochStream(stream, epoch, start), dataclasses.replace(tc, batch_size=sc.batch_size)
     )
     wait_start = time.perf_counter()

@@ -72,7 +72,9 @@ def method_specs(
     line-searches `step_scales`; SMAT methods need `smat`, the trained SMAT's location (--smat)."""
     if chunk < 0:
         raise UserError(f"evaluate.encode_chunk must be >= 0 (0: whole support set), got {chunk}")
-    scales = check_step_scales(step_scales)
+    # the scales matter only to _ls methods: a bad list must not stop an evaluation without one
+    searching = any(n.endswith(LINE_SEARCH) and hyperflow_base(n) for n in names)
+    scales = check_step_scales(step_scales) if searching else ()
     if any(hyperflow_base(name) for name in names):  # fail here, not in a Ray actor
         if solver not in SOLVERS:
             raise UserError(f"evaluate.solver {solver!r} unknown; choose one of {sorted(SOLVERS)}")
@@ -124,6 +126,13 @@ def hyperflow_base(name: str) -> str | None:
     """The HyperFlow method a name runs ("hyperflow_pl_ls" -> "hyperflow_pl"), else None."""
     base = name.removesuffix(LINE_SEARCH)
     return base if base in HYPERFLOW_METHODS else None
+
+
+def interpolants_for(names: Sequence[str]) -> list[str]:
+    """The drift networks (by interpolant, in first-use order) that evaluating `names` needs; an
+    `_ls` method runs its plain method's drift."""
+    bases = [hyperflow_base(n) for n in names]
+    return list(dict.fromkeys(HYPERFLOW_METHODS[b] for b in bases if b))
 
 
 def lr_candidates(names: list[str], grid: list[float], full_grid: list[float], steps: int):

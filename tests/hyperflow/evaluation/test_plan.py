@@ -8,7 +8,7 @@ import pytest
 from hyperflow.data import load_dataset
 from hyperflow.data.episodes import EpisodeSpec, build_episode
 from hyperflow.errors import UserError
-from hyperflow.evaluation.plan import episode_jobs, method_specs
+from hyperflow.evaluation.plan import episode_jobs, interpolants_for, method_specs
 from hyperflow.evaluation.worker import MethodSpec
 
 
@@ -63,3 +63,19 @@ def test_line_search_twins_carry_the_scales():
 def test_bad_step_scales_are_refused(scales):
     with pytest.raises(UserError, match="evaluate.step_scales"):
         method_specs(["hyperflow_linear_ls"], {}, 20, {}, "euler", [1], step_scales=scales)
+
+
+def test_step_scales_matter_only_to_line_search_methods():
+    # a bad list is refused where it is used, and does not stop an evaluation without _ls methods
+    specs = method_specs(["direct", "hyperflow_linear"], {}, 20, {"linear": "d"}, "euler", [1],
+                         step_scales=[])  # fmt: skip
+    assert [s.name for s in specs] == ["direct", "hyperflow_linear@1"]
+    assert specs[1].scales == ()
+
+
+def test_the_drifts_an_evaluation_needs_include_those_of_line_search_methods():
+    # `hyperflow pipeline` trains exactly these: an _ls method alone still needs its drift
+    assert interpolants_for(["direct", "hyperflow_cubic_ls"]) == ["piecewise_cubic"]
+    names = ["hyperflow_linear", "bias_tuning", "hyperflow_linear_ls", "hyperflow_pl", "smat"]
+    assert interpolants_for(names) == ["linear", "piecewise_linear"]
+    assert interpolants_for(["direct", "smat"]) == []
