@@ -63,13 +63,14 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def _first_difference(old, new, prefix: str = "") -> str | None:
-    # Dotted path of the first (sorted) key whose values differ, recursing into dicts.
+def first_difference(old, new, prefix: str = "") -> str | None:
+    """Dotted path of the first (sorted) key whose values differ, recursing into dicts; None if
+    they are equal."""
     if isinstance(old, dict) and isinstance(new, dict):
         for k in sorted(set(old) | set(new), key=str):
             if k not in old or k not in new:
                 return f"{prefix}{k}"
-            d = _first_difference(old[k], new[k], f"{prefix}{k}.")
+            d = first_difference(old[k], new[k], f"{prefix}{k}.")
             if d is not None:
                 return d
         return None
@@ -162,7 +163,7 @@ class Manifest:
         loc = root if isinstance(root, Location) else location(root)
         if loc.exists(MANIFEST):
             m = cls.load(loc)
-            key = _first_difference({**(implied or {}), **m.config}, config)
+            key = first_difference({**(implied or {}), **m.config}, config)
             if key is not None:
                 raise UserError(
                     f"store {loc.url} was written with a different config: key {key!r} differs "

@@ -76,6 +76,15 @@ class CollectConfig:
     # actor deaths a job survives: this share of its shards (at least 8); each death is logged
     replace_fraction: float = 0.25
     seed: int = 0
+    # `hyperflow collect --focus DRIFT`: the store holds the uniform episodes 0..focus_prefix-1
+    # (set it to the episodes the drift was trained on: old data + new batch, nested prefixes),
+    # then the `episodes` candidates where the drift lowers the support loss least, out of
+    # focus_pool per chosen episode, drawn from the fresh indices focus_start.. (past any uniform
+    # store's, so no collected episode comes back); focus_steps: HyperFlow's Euler steps
+    focus_prefix: int = 0
+    focus_pool: int = 4
+    focus_start: int = 1_000_000
+    focus_steps: int = 20
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """The bias-tuning simulator that `hyperflow collect` drives through the engine.
 
-A shard is a fixed range of episode indices, so its contents are a pure function of the spec and
-its index: any worker can (re)do any shard and produce the same records, ids included.
+A shard is a fixed range of episode indices (or, in a focused store, a fixed tuple of them), so
+its contents are a pure function of the spec and its index: any worker can (re)do any shard and
+produce the same records, ids included.
 """
 
 from __future__ import annotations
@@ -82,14 +83,20 @@ class CollectSpec:
         return {**asdict(self), "schema_version": SCHEMA_VERSION, "optimizer": "adam"}
 
 
-def shard_episodes(spec: CollectSpec, index: int, total: int) -> range:
-    """Episode indices of shard `index` when the store holds `total` episodes."""
+def shard_episodes(
+    spec: CollectSpec, index: int, total: int, shards: tuple[tuple[int, ...], ...] | None = None
+) -> range | tuple[int, ...]:
+    """Episode indices of shard `index` when the store holds `total` episodes, or its entry of
+    `shards` (explicit episode indices per shard, as `hyperflow collect --focus` lays them out)."""
+    if shards is not None:
+        return shards[index]
     return range(index * spec.shard_size, min(total, (index + 1) * spec.shard_size))
 
 
 class BiasTuningSimulator:
     """The simulator of `hyperflow collect` (engine.collect protocol): holds the target and the
-    dataset; `records(i)` simulates every (episode, init) trajectory of shard i."""
+    dataset; `records(i)` simulates every (episode, init) trajectory of shard i. `shards`: the
+    episode indices of each shard, instead of consecutive ranges of spec.shard_size."""
 
     def __init__(
         self,
@@ -97,8 +104,9 @@ class BiasTuningSimulator:
         target_dir: str,
         cache_dir: str | None,
         total: int,
+        shards: tuple[tuple[int, ...], ...] | None = None,
     ):
-        self.spec, self.total = spec, total
+        self.spec, self.total, self.layout = spec, total, shards
         # the device Ray gave this actor: with num_gpus > 0 Ray sets CUDA_VISIBLE_DEVICES to its
         # GPU (or share of one); without, to nothing, so CUDA is unavailable and this is the CPU
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -130,13 +138,15 @@ class BiasTuningSimulator:
         return spec, lr, rng
 
     def shards(self) -> int:
+        if self.layout is not None:
+            return len(self.layout)
         return -(-self.total // self.spec.shard_size)
 
     def records(self, index: int) -> list[TrajectoryRecord]:
         """Simulate every (episode, init) trajectory of shard `index`."""
         s = self.spec
         episodes, theta0, lrs, seeds, keys = [], [], [], [], []
-        for e in shard_episodes(s, index, self.total):
+        for e in shard_episodes(s, index, self.total, self.layout):
             spec, lr, rng = self.episode(e)
             ep = build_episode(self.data, spec)
             for k in range(s.inits):

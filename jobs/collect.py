@@ -3,7 +3,8 @@
 The store is a fixed list of shards (episode index ranges). The driver skips shards already in the
 manifest, deletes leftovers of uncommitted ones, hands the rest to actors with bounded in-flight
 work, and commits each shard to manifest.json as its writer reports it. Re-running the same command
-on a store therefore completes it; a store from another config is refused.
+on a store therefore completes it; a store from another config is refused. With --focus, the
+store's episodes are chosen where a trained drift network adapts worst (jobs/collect_focus.py).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from hyperflow.simulator import (
     CollectSpec,
     shard_episodes,
 )
+from jobs.collect_focus import focus_checks, plan_focus, summary
 from jobs.common import add_config_args, check_ranges, output, positive_int, source
 
 FORMATS = {"zarr": ["zarr"], "wds": ["wds"], "both": ["zarr", "wds"]}
@@ -43,7 +45,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         required=True,
         help="store: a local directory or a URL such as s3://bucket/prefix (created, or resumed)",
     )
-    p.add_argument("--episodes", type=positive_int, help="episodes (default: the config's)")
+    p.add_argument(
+        "--episodes",
+        type=positive_int,
+        help="episodes (default: collect.episodes); with --focus the new focused batch M, "
+        "stored after the collect.focus_prefix uniform ones",
+    )
+    p.add_argument(
+        "--focus",
+        metavar="DRIFT_DIR",
+        help="active collection: a `hyperflow train` output for this target; collects the M "
+        "of collect.focus_pool*M fresh candidate episodes where its HyperFlow lowers the "
+        "support loss least (scored on Ray, kept in STORE/focus.json)",
+    )
     p.add_argument("--format", choices=sorted(FORMATS), help="store format (default: config's)")
     p.add_argument("--workers", type=positive_int, help="Ray actors (default: the config's)")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local one)")
@@ -63,6 +77,7 @@ def _check_numbers(cc, episodes: int, workers: int) -> None:
         ("collect.gpus_per_worker", cc.gpus_per_worker, cc.gpus_per_worker >= 0),
         ("collect.placement_timeout", cc.placement_timeout, cc.placement_timeout > 0),
         ("collect.replace_fraction", cc.replace_fraction, cc.replace_fraction >= 0),
+        *focus_checks(cc),
     ]
     check_ranges(checks)
     if cc.theta_dtype not in THETA_DTYPES:
@@ -108,26 +123,35 @@ def run(args: argparse.Namespace) -> None:
             raise UserError(f"collect shift {s!r} unknown; choose from {sorted(SHIFTS)}")
     spec = CollectSpec.from_config(cfg, model, target.url, domains, args.run)
     config = {**spec.manifest_config(), "episodes": episodes}
+    sim_kwargs = {
+        "spec": spec,
+        "target_dir": target.url,  # absolute path or URL: every node reads it there
+        "cache_dir": cfg.data.cache_dir,
+        "total": episodes,
+    }
+    focus = None
+    if args.focus:  # scores candidates on Ray (or reads STORE/focus.json) before the store opens
+        focus = plan_focus(args.focus, out, spec, cc, config, model, sim_kwargs, workers, address)
+        config, episodes = focus.config, focus.config["episodes"]
+        sim_kwargs.update(total=episodes, shards=focus.shards)
+    shards = focus.shards if focus else None
     manifest = open_store(out, config, formats, IMPLIED_BY_OLDER_STORES)
     removed = remove_uncommitted(out)
     if removed:
         print(f"removed {len(removed)} uncommitted leftovers: {', '.join(removed[:4])}")
-    n_shards = math.ceil(episodes / cc.shard_size)
+    n_shards = len(shards) if shards is not None else math.ceil(episodes / cc.shard_size)
     todo = [
         i for i in range(n_shards) if not all(manifest.committed(shard_name(i), f) for f in formats)
     ]
     if not todo:
         print(f"store {out.url} is complete: {n_shards} shards, {episodes * cc.inits} trajectories")
+        if focus:
+            print(summary(focus.doc))
         return
     connect(address)
     writer = {
         "simulator": BiasTuningSimulator,
-        "simulator_kwargs": {
-            "spec": spec,
-            "target_dir": target.url,  # absolute path or URL: every node reads it there
-            "cache_dir": cfg.data.cache_dir,
-            "total": episodes,
-        },
+        "simulator_kwargs": sim_kwargs,
         "store": out.url,
         "formats": formats,
         "theta_dtype": cc.theta_dtype,
@@ -137,7 +161,7 @@ def run(args: argparse.Namespace) -> None:
 
     # loop
     done = sorted(set(range(n_shards)) - set(todo))
-    done_before = sum(len(shard_episodes(spec, i, episodes)) for i in done) * cc.inits
+    done_before = sum(len(shard_episodes(spec, i, episodes, shards)) for i in done) * cc.inits
     total = episodes * cc.inits
     with tqdm(total=total, initial=done_before, desc="collect", unit="traj") as bar:
         stats = collect(
@@ -160,3 +184,5 @@ def run(args: argparse.Namespace) -> None:
         f"store {out.url}: {len(manifest.shards)} shards, formats {formats}; "
         f"see `hyperflow inspect {out.url}`"
     )
+    if focus:
+        print(summary(focus.doc))

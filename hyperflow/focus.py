@@ -1,0 +1,131 @@
+"""Active collection's scoring: where does a drift network adapt badly? Forward passes only.
+
+A candidate episode e (drawn by the collection simulator itself, so from the collect spec's
+domains and shifts only) scores L(theta_HF) / L(theta_0): the simulator's support loss at
+HyperFlow's endpoint over the loss at the target's own biases, both on one augmented copy of the
+support set seeded by (spec seed, e). A high score means the drift lowers the loss little (or
+raises it): the drift is wrong there, and bias-tuning trajectories of such episodes are the data
+it lacks. Scores depend on nothing but (spec, drift, steps, e), so any actor can score any chunk.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from engine.pool import ResilientPool
+
+_FOCUS_STREAM = 3  # the augmentation seed's random stream, apart from the simulator's (1, 2)
+CHUNK = 8  # candidates per actor task: a few seconds each, fine-grained enough to balance
+
+
+def focus_seed(spec_seed: int, e: int) -> int:
+    """The augmentation seed of candidate e's support loss."""
+    return int(np.random.default_rng([spec_seed, e, _FOCUS_STREAM]).integers(2**62))
+
+
+class FocusScorer:
+    """Ray actor (or plain object): the collection simulator (target, dataset, episode draws)
+    and the drift network, loaded once; `score(indices)` scores candidate episodes."""
+
+    def __init__(
+        self,
+        simulator_kwargs: dict,
+        drift_dir: str,
+        steps: int,
+        threads: int = 1,
+    ):
+        import torch  # here, not at the top: the driver imports this module for score_episodes
+
+        from hyperflow.adapt.hyperflow import load_for_target
+        from hyperflow.simulator import BiasTuningSimulator
+
+        torch.set_num_threads(threads)
+        self.sim = BiasTuningSimulator(**simulator_kwargs)
+        self.net = load_for_target(drift_dir, self.sim.model).to(self.sim.device)
+        self.steps = steps
+
+    def ready(self) -> bool:
+        return True
+
+    def score(self, indices: Sequence[int]) -> list[dict]:
+        """{"index", "score", "shift"} of each candidate episode, in the given order."""
+        import torch
+
+        from hyperflow.adapt.hyperflow import adapted_theta
+        from hyperflow.adapt.simulate import support_loss
+        from hyperflow.bias import get_theta
+        from hyperflow.data.episodes import build_episode
+
+        model, out = self.sim.model, []
+        theta0 = get_theta(model.backbone, model.layout)  # [P]
+        for e in indices:
+            spec, _lr, _rng = self.sim.episode(e)
+            ep = build_episode(self.sim.data, spec).to(self.sim.device)
+            theta_hf = adapted_theta(model, self.net, ep, self.steps, "euler")  # [P]
+            seed = focus_seed(self.sim.spec.seed, e)
+            loss = support_loss(model, ep, torch.stack([theta0, theta_hf]), seed)  # [2]
+            score = float(loss[1] / loss[0])
+            # a non-finite ratio (a diverging drift) is as wrong as it gets: rank it first
+            score = score if math.isfinite(score) else math.inf
+            out.append({"index": e, "score": score, "shift": spec.shift or "clean"})
+        return out
+
+
+def score_episodes(
+    indices: Sequence[int],
+    scorer_kwargs: dict,
+    workers: int,
+    num_cpus: float = 1,
+    num_gpus: float = 0,
+    placement_timeout: float = 300.0,
+    replace_fraction: float = 0.25,
+    progress: Callable[[int], None] | None = None,
+) -> dict[int, dict]:
+    """Score candidate episodes on `workers` Ray actors (FocusScorer keyword arguments in
+    `scorer_kwargs`; Ray must be connected): index -> {"index", "score", "shift"}.
+    progress(n) is called as each chunk of n candidates lands."""
+    indices = list(indices)
+    chunks = [indices[i : i + CHUNK] for i in range(0, len(indices), CHUNK)]
+    pool = ResilientPool(
+        FocusScorer,
+        min(workers, len(chunks)),
+        scorer_kwargs,
+        num_cpus=num_cpus,
+        num_gpus=num_gpus,
+        placement_timeout=placement_timeout,
+        replace_fraction=replace_fraction,
+    )
+    rows: dict[int, dict] = {}
+    try:
+        for chunk, result in pool.map_unordered("score", chunks):
+            rows.update((r["index"], r) for r in result)
+            if progress:
+                progress(len(chunk))
+    finally:
+        pool.shutdown()
+    return rows
+
+
+def choose(scores: dict[int, float], n: int) -> list[int]:
+    """The n indices of highest score (ties: the lower index first), in ascending order."""
+    ranked = sorted(scores, key=lambda e: (-scores[e], e))
+    return sorted(ranked[:n])
+
+
+def summarize(rows: Sequence[dict]) -> dict:
+    """Mean/median/min/max score and the shift-family counts of scored candidates."""
+    s = np.array([r["score"] for r in rows], dtype=np.float64)
+    shifts: dict[str, int] = {}
+    for r in rows:
+        shifts[r["shift"]] = shifts.get(r["shift"], 0) + 1
+    return {
+        "n": len(rows),
+        "mean": float(s.mean()),
+        "median": float(np.median(s)),
+        "min": float(s.min()),
+        "max": float(s.max()),
+        "shifts": dict(sorted(shifts.items())),
+    }
