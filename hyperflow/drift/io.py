@@ -6,16 +6,15 @@ at load time); a separately trained timm encoder is saved with the drift weights
 
 from __future__ import annotations
 
-import json
 import os
 
-from safetensors.torch import load, save
 from torch import nn
 
 from engine.storage import Location, location
 from hyperflow.bias import BiasLayout
 from hyperflow.drift.network import DriftConfig, DriftNet
 from hyperflow.errors import UserError
+from hyperflow.weights_io import read_meta, read_weights, write_artifact
 
 FORMAT = "hyperflow-drift/1"
 WEIGHTS, META = "drift.safetensors", "drift.json"
@@ -25,7 +24,7 @@ def _state(net: DriftNet, state: dict | None) -> dict:
     state = net.state_dict() if state is None else state
     if net.frozen_encoder:  # (not in net.state_dict(); a state from elsewhere may hold it)
         state = {k: v for k, v in state.items() if not k.startswith("encoder.")}
-    return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    return state
 
 
 def save_drift(
@@ -37,28 +36,15 @@ def save_drift(
     which load_drift reads first, goes last, so a crash never leaves a checkpoint that looks
     complete but is not. `state`: the weights to write instead of net.state_dict(), e.g. the
     full state a trainer gathered from sharded ranks (accelerator.get_state_dict)."""
-    loc = location(out)
     meta = {"format": FORMAT, **net.export_config(), "extra": extra or {}}
-    text = json.dumps(meta, indent=2, sort_keys=True)  # fails early if extra is not JSON-able
-    loc.write_bytes(WEIGHTS, save(_state(net, state), metadata={"format": FORMAT}))
-    loc.write_bytes(META, text.encode())
-    return loc
+    return write_artifact(out, (WEIGHTS, META), _state(net, state), meta)
 
 
 def read_drift_meta(path: str | os.PathLike) -> dict:
     """The parsed drift.json of a checkpoint (UserError if missing or foreign)."""
-    loc = location(path)
-    try:
-        meta = json.loads(loc.read_bytes(META))
-    except FileNotFoundError:
-        raise UserError(
-            f"no drift checkpoint at {os.fspath(path)!r}: {loc.child(META).url} does not exist"
-        ) from None
-    if meta.get("format") != FORMAT:
-        raise UserError(
-            f"{loc.child(META).url} has format {meta.get('format')!r}, expected {FORMAT!r}"
-        )
-    return meta
+    where = location(path).child(META).url
+    missing = f"no drift checkpoint at {os.fspath(path)!r}: {where} does not exist"
+    return read_meta(path, META, FORMAT, missing)
 
 
 def load_drift(
@@ -91,12 +77,7 @@ def load_drift(
             f"got feature_dim={feature_dim}"
         )
     net = DriftNet(layout, DriftConfig(**meta["config"]), encoder, feature_dim, meta["horizon"])
-    try:
-        state = load(loc.read_bytes(WEIGHTS))
-    except FileNotFoundError:
-        raise UserError(
-            f"{loc.child(WEIGHTS).url} does not exist (drift.json without weights)"
-        ) from None
+    state = read_weights(path, (WEIGHTS, META))
     # (a frozen target encoder is held, not owned, by the net: its weights are in neither)
     missing, unexpected = net.load_state_dict(state, strict=False)
     if missing or unexpected:

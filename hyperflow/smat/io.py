@@ -7,16 +7,14 @@ evaluation refuses a SMAT trained for another target's biases instead of merging
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict
-
-from safetensors.torch import load, save
 
 from engine.storage import Location, location
 from hyperflow.errors import UserError
 from hyperflow.model import TargetModel
 from hyperflow.smat.model import Smat, SmatConfig
+from hyperflow.weights_io import read_meta, read_weights, write_artifact
 
 FORMAT = "hyperflow-smat/1"
 WEIGHTS, META = "smat.safetensors", "smat.json"
@@ -28,7 +26,6 @@ def save_smat(
     """Write smat.safetensors, then smat.json (config, sizes, the target's layout hash, `extra`
     under "extra") under `out`, a local directory or a URL; smat.json goes last, so a crash
     never leaves a SMAT that looks complete but is not."""
-    loc = location(out)
     meta = {
         "format": FORMAT,
         "config": asdict(smat.cfg),
@@ -37,25 +34,13 @@ def save_smat(
         "layout_hash": model.layout.hash(),
         "extra": extra or {},
     }
-    text = json.dumps(meta, indent=2, sort_keys=True)  # fails early if extra is not JSON-able
-    state = {k: v.detach().contiguous().cpu() for k, v in smat.state_dict().items()}
-    loc.write_bytes(WEIGHTS, save(state, metadata={"format": FORMAT}))
-    loc.write_bytes(META, text.encode())
-    return loc
+    return write_artifact(out, (WEIGHTS, META), smat.state_dict(), meta)
 
 
 def read_smat_meta(path: str | os.PathLike) -> dict:
     """The parsed smat.json under `path` (UserError if missing or foreign)."""
-    loc = location(path)
-    try:
-        meta = json.loads(loc.read_bytes(META))
-    except FileNotFoundError:
-        raise UserError(
-            f"--smat {os.fspath(path)!r} holds no {META} (run `hyperflow train --method smat`)"
-        ) from None
-    if meta.get("format") != FORMAT:
-        raise UserError(f"{loc.child(META).url} has format {meta.get('format')!r}, not {FORMAT!r}")
-    return meta
+    missing = f"--smat {os.fspath(path)!r} holds no {META} (run `hyperflow train --method smat`)"
+    return read_meta(path, META, FORMAT, missing)
 
 
 def load_smat(path: str | os.PathLike, model: TargetModel) -> Smat:
@@ -71,12 +56,7 @@ def load_smat(path: str | os.PathLike, model: TargetModel) -> Smat:
     if int(meta["feature_dim"]) != model.feature_dim or int(meta["size"]) != model.layout.size:
         raise UserError(f"SMAT at {where!r} does not fit the target's features or biases")
     smat = Smat(SmatConfig(**meta["config"]), int(meta["size"]), int(meta["feature_dim"]))
-    try:
-        state = load(loc.read_bytes(WEIGHTS))
-    except FileNotFoundError:
-        raise UserError(
-            f"{loc.child(WEIGHTS).url} does not exist ({META} without weights)"
-        ) from None
+    state = read_weights(path, (WEIGHTS, META))
     try:
         smat.load_state_dict(state)
     except RuntimeError as e:
