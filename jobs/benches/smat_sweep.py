@@ -41,7 +41,7 @@ def bench(args: argparse.Namespace) -> dict:
     common = ["--config", args.config] + [x for kv in args.set for x in ("--set", kv)]
 
     # loop: one SMAT per grid point, each evaluated on the same base-domain episodes
-    points = []
+    points, first = [], None  # first point's report: `direct` on these episodes, reused
     for values in itertools.product(*GRID.values()):
         sets = [f"{k}={v:g}" for k, v in zip(GRID, values)]
         smat = out / ",".join(sets).replace("smat.", "").replace("=", "")
@@ -54,7 +54,9 @@ def bench(args: argparse.Namespace) -> dict:
             search += [f"evaluate.shifts={json.dumps(cfg.collect.shifts)}"]
             evaluate = ["evaluate", *common, "--target", args.target, "--smat", str(smat)]
             evaluate += ["--methods", "direct,smat", "--episodes", str(args.episodes)]
+            evaluate += ["--reuse", str(first)] if first else []
             _hyperflow(evaluate + ["--out", str(report), *_sets(search)])
+        first = first or report
         result = json.loads((report / "results.json").read_text())["methods"]
         acc = {m: result[m]["base_mean"] for m in ("direct", "smat")}
         points.append({"settings": dict(zip(GRID, values)), "base_acc": acc["smat"], **acc})
