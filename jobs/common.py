@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 
 from engine.errors import UserError
 from engine.storage import Location, check_access, location
@@ -61,3 +63,17 @@ def positive_int(value: str) -> int:
     if n < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value!r}")
     return n
+
+
+def set_flags(sets: list[str]) -> list[str]:
+    """["k=v", ...] -> ["--set", "k=v", ...]."""
+    return [x for kv in sets for x in ("--set", kv)]
+
+
+def run_hyperflow(argv: list[str], tag: str) -> None:
+    """Run `hyperflow ARGV` as a subprocess, printing the command under `tag`; its output goes
+    to stderr (the caller's stdout is its JSON result). UserError if it fails."""
+    print(f"[{tag}] hyperflow {' '.join(argv)}", file=sys.stderr, flush=True)
+    code = subprocess.call([sys.executable, "-m", "jobs.cli", *argv], stdout=sys.stderr)
+    if code != 0:
+        raise UserError(f"`hyperflow {argv[0]}` failed (exit {code}); the {tag} stops here")

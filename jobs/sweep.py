@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 
 from engine.manifest import Manifest
@@ -28,7 +27,7 @@ from hyperflow.drift.sizes import DRIFT_SIZES
 from hyperflow.errors import UserError
 from hyperflow.evaluation.plan import HYPERFLOW_METHODS
 from hyperflow.evaluation.scaling import plot_curve, summary_row
-from jobs.common import add_config_args, output, source
+from jobs.common import add_config_args, output, run_hyperflow, set_flags, source
 
 BASELINES = ("direct", "bias_tuning")
 
@@ -82,7 +81,7 @@ def run(args: argparse.Namespace) -> None:
     reported = f"{args.method}@{args.steps}"
     collected = list(manifest.config.get("shifts", []))
     out = output(args.out)
-    common = ["--config", args.config] + [x for kv in args.set for x in ("--set", kv)]
+    common = ["--config", args.config, *set_flags(args.set)]
     # the baselines' episodes: same seed, count and domains, so --reuse accepts them
     episodes = [
         f"evaluate.seed={base['seed']}",
@@ -98,16 +97,18 @@ def run(args: argparse.Namespace) -> None:
             drift, report = f"{out.url}/{point}", f"{out.url}/{point}/eval"
             if not out.exists(f"{point}/drift.json"):
                 sets = [f"train.size={size}", f"train.max_records={n}"]
-                _hyperflow(
+                run_hyperflow(
                     ["train", *common, "--store", args.store, "--target", args.target]
-                    + ["--out", drift, "--interpolant", interpolant, *_sets(sets)]
+                    + ["--out", drift, "--interpolant", interpolant, *set_flags(sets)],
+                    "sweep",
                 )
             if not out.exists(f"{point}/eval/results.json"):
-                _hyperflow(
+                run_hyperflow(
                     ["evaluate", *common, "--target", args.target, "--drift", drift]
                     + ["--methods", ",".join([*BASELINES, args.method])]
                     + ["--episodes", str(base["episodes_per_domain"])]
-                    + ["--reuse", args.baselines, "--out", report, *_sets(episodes)]
+                    + ["--reuse", args.baselines, "--out", report, *set_flags(episodes)],
+                    "sweep",
                 )
             results = _load_results(report, "evaluate --out")
             params = json.loads(out.read_bytes(f"{point}/drift.json"))["params"]
@@ -154,14 +155,3 @@ def _markdown(rows: list[dict], method: str, base: dict, collected: list[str]) -
             f"{pct(r['recovery_never'])} |"
         )
     return "\n".join(lines) + "\n"
-
-
-def _sets(sets: list[str]) -> list[str]:
-    return [x for kv in sets for x in ("--set", kv)]
-
-
-def _hyperflow(argv: list[str]) -> None:
-    print(f"[sweep] hyperflow {' '.join(argv)}", file=sys.stderr, flush=True)
-    code = subprocess.call([sys.executable, "-m", "jobs.cli", *argv], stdout=sys.stderr)
-    if code != 0:
-        raise UserError(f"`hyperflow {argv[0]}` failed (exit {code}); the sweep stops here")

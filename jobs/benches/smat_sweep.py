@@ -16,13 +16,12 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 from hyperflow.config import load_config
 from hyperflow.data import load_dataset
 from hyperflow.errors import UserError
+from jobs.common import run_hyperflow, set_flags
 
 GRID = {"smat.lr": [1e-3, 1e-2], "smat.tau": [0.1, 0.3]}
 SEARCH_SEED = 7000  # evaluate.seed of the search episodes: not the report's (evaluate.seed)
@@ -38,7 +37,7 @@ def bench(args: argparse.Namespace) -> dict:
     data = load_dataset(cfg.data.dataset, cfg.target.image_size, cfg.target.channels, None)
     base = data.names("base")
     out = Path(args.out)
-    common = ["--config", args.config] + [x for kv in args.set for x in ("--set", kv)]
+    common = ["--config", args.config, *set_flags(args.set)]
 
     # loop: one SMAT per grid point, each evaluated on the same base-domain episodes
     points, first = [], None  # first point's report: `direct` on these episodes, reused
@@ -47,7 +46,8 @@ def bench(args: argparse.Namespace) -> dict:
         smat = out / ",".join(sets).replace("smat.", "").replace("=", "")
         if not (smat / "smat.json").exists():
             train = ["train", "--method", "smat", *common, "--store", args.store]
-            _hyperflow(train + ["--target", args.target, "--out", str(smat), *_sets(sets)])
+            train += ["--target", args.target, "--out", str(smat), *set_flags(sets)]
+            run_hyperflow(train, "smat-sweep")
         report = smat / "base-eval"
         if not (report / "results.json").exists():
             search = [*sets, f"evaluate.domains={json.dumps(base)}", f"evaluate.seed={SEARCH_SEED}"]
@@ -55,7 +55,7 @@ def bench(args: argparse.Namespace) -> dict:
             evaluate = ["evaluate", *common, "--target", args.target, "--smat", str(smat)]
             evaluate += ["--methods", "direct,smat", "--episodes", str(args.episodes)]
             evaluate += ["--reuse", str(first)] if first else []
-            _hyperflow(evaluate + ["--out", str(report), *_sets(search)])
+            run_hyperflow(evaluate + ["--out", str(report), *set_flags(search)], "smat-sweep")
         first = first or report
         result = json.loads((report / "results.json").read_text())["methods"]
         acc = {m: result[m]["base_mean"] for m in ("direct", "smat")}
@@ -70,15 +70,3 @@ def bench(args: argparse.Namespace) -> dict:
         "points": points,
         "best": best,
     }
-
-
-def _sets(sets: list[str]) -> list[str]:
-    return [x for kv in sets for x in ("--set", kv)]
-
-
-def _hyperflow(argv: list[str]) -> None:
-    # progress and logs to stderr: stdout is the JSON result
-    print(f"[smat-sweep] hyperflow {' '.join(argv)}", file=sys.stderr, flush=True)
-    code = subprocess.call([sys.executable, "-m", "jobs.cli", *argv], stdout=sys.stderr)
-    if code != 0:
-        raise UserError(f"hyperflow {argv[0]} failed with exit code {code}")
