@@ -85,6 +85,10 @@ class CollectConfig:
     focus_pool: int = 4
     focus_start: int = 1_000_000
     focus_steps: int = 20
+    # what "adapts worst" means (hyperflow/focus.py): "gap", L(theta_HF) - L(bias-tuning's
+    # endpoint), simulates bias-tuning per candidate; "ratio", L(theta_HF) / L(theta_0), forward
+    # passes only, also picks easy episodes where there was little to gain
+    focus_score: str = "ratio"
 
 
 @dataclass

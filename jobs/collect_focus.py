@@ -25,7 +25,7 @@ from engine.record import make_id
 from hyperflow.adapt.hyperflow import load_for_target
 from hyperflow.drift.io import META, WEIGHTS, read_drift_meta
 from hyperflow.errors import UserError
-from hyperflow.focus import choose, score_episodes, summarize
+from hyperflow.focus import SCORES, choose, score_episodes, summarize
 from hyperflow.simulator import IMPLIED_BY_OLDER_STORES, shard_episodes
 from jobs.common import source
 
@@ -47,6 +47,7 @@ def focus_checks(cc) -> list[tuple[str, object, bool]]:
         ("collect.focus_pool", cc.focus_pool, cc.focus_pool >= 1),
         ("collect.focus_start", cc.focus_start, cc.focus_start >= 0),
         ("collect.focus_steps", cc.focus_steps, cc.focus_steps >= 1),
+        ("collect.focus_score", cc.focus_score, cc.focus_score in SCORES),
     ]
 
 
@@ -123,6 +124,7 @@ def plan_focus(
         "pool": cc.focus_pool,
         "candidates": n,
         "steps": cc.focus_steps,
+        "score": cc.focus_score,
         "episodes": m,
     }
     config = json.loads(json.dumps({**config, "episodes": prefix + m, "focus": request}))
@@ -156,6 +158,7 @@ def _score(out, spec, config: dict, drift_url: str, cc, sim_kwargs: dict, worker
     start, n = focus["start"], focus["candidates"]
     scorer = {"simulator_kwargs": sim_kwargs, "drift_dir": drift_url}
     scorer.update(steps=focus["steps"], threads=max(1, int(cc.cpus_per_worker)))
+    scorer.update(score=focus.get("score", "ratio"))
     with tqdm(total=n, desc="focus: scoring", unit="episode") as bar:
         rows = score_episodes(
             range(start, start + n),
@@ -193,10 +196,11 @@ def summary(doc: dict) -> str:
     start, chosen = doc["config"]["focus"]["start"], set(doc["chosen"])
     rest = [s for i, s in enumerate(doc["pool_scores"]) if start + i not in chosen]
     others = f", {sum(rest) / len(rest):.4f} the others" if rest else ""
+    what = {"ratio": "L(theta_HF)/L(theta_0)", "gap": "L(theta_HF) - L(theta_BT)"}
+    score = what[doc["config"]["focus"].get("score", "ratio")]
     lines = [
         f"focus: chose {c['n']} of {p['n']} candidates where the drift adapts worst; support "
-        f"loss L(theta_HF)/L(theta_0) mean {c['mean']:.4f} chosen vs {p['mean']:.4f} pool"
-        f"{others}",
+        f"loss {score} mean {c['mean']:.4f} chosen vs {p['mean']:.4f} pool{others}",
         f"  {'shift family':<14}{'chosen':>14}{'pool':>14}",
     ]
     for fam in sorted(set(p["shifts"]) | set(c["shifts"])):

@@ -142,6 +142,41 @@ def test_chosen_episodes_are_where_the_drift_is_wrong(focused, drift, untrained_
     assert summary["score"][0] > summary["score"][1], summary
 
 
+def test_the_gap_score_ranks_where_bias_tuning_beats_the_drift_on_the_query_set(
+    drift, untrained_target
+):
+    # focus_score=gap: support-loss gap to a simulated bias-tuning endpoint. Measured apart from
+    # it, on the query set (which the score never sees) and with the simulator's own trajectory:
+    # where the gap is large, bias-tuning beats the drift's endpoint by more
+    from hyperflow.adapt.hyperflow import adapted_theta
+    from hyperflow.adapt.methods import Adapted, predict
+    from hyperflow.data.episodes import build_episode
+    from hyperflow.focus import FocusScorer
+    from hyperflow.simulator import CollectSpec
+
+    torch.set_num_threads(1)
+    cfg, model = load_config("tiny"), load_target(untrained_target)
+    spec = CollectSpec.from_config(cfg, model, str(untrained_target), ["latin", "greek"], "c")
+    kwargs = {"spec": spec, "target_dir": str(untrained_target), "cache_dir": None, "total": 0}
+    scorer = FocusScorer(kwargs, str(drift), 5, score="gap")
+    candidates = list(range(START, START + 16))
+    gap = {r["index"]: r["score"] for r in scorer.score(candidates)}
+    sim = scorer.sim
+    sim_shard = type(sim)(spec, str(untrained_target), None, 0, shards=(tuple(candidates),))
+    tuned = {r.meta["episode_index"]: r.theta[-1] for r in sim_shard.records(0)}
+    advantage = {}  # query cross-entropy at the drift's endpoint minus at bias-tuning's
+    for e in candidates:
+        ep = build_episode(sim.data, sim.episode(e)[0])
+        hf = adapted_theta(model, scorer.net, ep, 5)
+        bt = torch.from_numpy(tuned[e].astype(np.float32)).to(hf.dtype)
+        ce = [F.cross_entropy(predict(model, ep, Adapted(theta=t)), ep.query_y) for t in (hf, bt)]
+        advantage[e] = float(ce[0] - ce[1])
+    ranked = sorted(candidates, key=lambda e: -gap[e])
+    top, bottom = ranked[:8], ranked[8:]
+    mean = lambda keys: sum(advantage[e] for e in keys) / len(keys)  # noqa: E731
+    assert mean(top) > mean(bottom), (gap, advantage)
+
+
 def test_candidates_come_from_the_collect_shifts_only(focused):
     episodes = [r.episode for r in read_records(focused["store"], "wds")]
     assert {ep["shift"] for ep in episodes} <= SHIFTS | {None}
@@ -239,6 +274,7 @@ BAD = {
     "pool-0": (["--set", "collect.focus_pool=0"], ["collect.focus_pool=0"]),
     "prefix-negative": (["--set", "collect.focus_prefix=-1"], ["collect.focus_prefix=-1"]),
     "steps-0": (["--set", "collect.focus_steps=0"], ["collect.focus_steps=0"]),
+    "score-unknown": (["--set", "collect.focus_score=best"], ["collect.focus_score='best'"]),
     "start-negative": (["--set", "collect.focus_start=-1"], ["collect.focus_start=-1"]),
     "start-below-prefix": (["--set", "collect.focus_start=8"], ["collect.focus_start=8"]),
     "missing-dir": (["--focus", "{tmp}/nowhere"], ["--focus", "nowhere", "does not exist"]),
