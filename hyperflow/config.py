@@ -78,7 +78,7 @@ class CollectConfig:
     seed: int = 0
     # `hyperflow collect --focus DRIFT`: the store holds the uniform episodes 0..focus_prefix-1
     # (set it to the episodes the drift was trained on: old data + new batch, nested prefixes),
-    # then the `episodes` candidates where the drift lowers the support loss least, out of
+    # then the `episodes` candidates where the drift adapts worst (focus_score), out of
     # focus_pool per chosen episode, drawn from the fresh indices focus_start.. (past any uniform
     # store's, so no collected episode comes back); focus_steps: HyperFlow's Euler steps
     focus_prefix: int = 0
@@ -86,9 +86,10 @@ class CollectConfig:
     focus_start: int = 1_000_000
     focus_steps: int = 20
     # what "adapts worst" means (hyperflow/focus.py): "gap", L(theta_HF) - L(bias-tuning's
-    # endpoint), simulates bias-tuning per candidate; "ratio", L(theta_HF) / L(theta_0), forward
-    # passes only, also picks easy episodes where there was little to gain
-    focus_score: str = "ratio"
+    # endpoint), simulates bias-tuning per candidate (a trajectory's cost, without its writes);
+    # "ratio", L(theta_HF) / L(theta_0), forward passes only, but it picks easy episodes where
+    # there was little to gain (measured: docs/scaling.md)
+    focus_score: str = "gap"
 
 
 @dataclass

@@ -55,8 +55,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--focus",
         metavar="DRIFT_DIR",
         help="active collection: a `hyperflow train` output for this target; collects the M "
-        "of collect.focus_pool*M fresh candidate episodes where its HyperFlow lowers the "
-        "support loss least (scored on Ray, kept in STORE/focus.json)",
+        "of collect.focus_pool*M fresh candidate episodes where its HyperFlow falls "
+        "furthest short of bias-tuning (collect.focus_score; scored on Ray, kept in "
+        "STORE/focus.json)",
     )
     p.add_argument("--format", choices=sorted(FORMATS), help="store format (default: config's)")
     p.add_argument("--workers", type=positive_int, help="Ray actors (default: the config's)")

@@ -3,9 +3,10 @@
 The store holds the uniform episodes 0..P-1 (collect.focus_prefix; in shards laid out as a
 uniform store lays them, so with P = the drift's training episodes they are that store's
 shards, record for record) and then M episodes chosen from the fresh candidates [S, S + pool M)
-(collect.focus_start, collect.focus_pool): the M on which the drift lowers the support loss
-least (hyperflow.focus, scored on Ray actors). STORE/focus.json holds the choice, written before
-the manifest, so a re-run reads it instead of rescoring; the manifest config's "focus" entry
+(collect.focus_start, collect.focus_pool): the M on which the drift falls furthest short of
+bias-tuning (collect.focus_score; hyperflow.focus, scored on Ray actors). STORE/focus.json
+holds the choice, written before the manifest, so a re-run reads it instead of rescoring; the
+manifest config's "focus" entry
 names the drift (digest), the settings and a digest of the chosen list, so another drift or
 setting on the same store is refused as another config.
 """
