@@ -6,9 +6,8 @@ shards, record for record) and then M episodes chosen from the fresh candidates 
 (collect.focus_start, collect.focus_pool): the M on which the drift falls furthest short of
 bias-tuning (collect.focus_score; hyperflow.focus, scored on Ray actors). STORE/focus.json
 holds the choice, written before the manifest, so a re-run reads it instead of rescoring; the
-manifest config's "focus" entry
-names the drift (digest), the settings and a digest of the chosen list, so another drift or
-setting on the same store is refused as another config.
+manifest config's "focus" entry names the drift (digest), the settings and a digest of the
+chosen list, so another drift or setting on the same store is refused as another config.
 """
 
 from __future__ import annotations
