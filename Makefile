@@ -1,10 +1,11 @@
 # make install: .venv with the project and its dev tools; make quickstart: the whole pipeline on
-# the embedded glyphs benchmark; make test: lint + the test suite.
+# the embedded glyphs benchmark; make test: lint + the test suite; make test-fast: lint + the
+# unit tests (no job tests: no Ray clusters, no torchrun).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install quickstart test lint bench clean
+.PHONY: install quickstart test test-fast lint bench clean
 
 install: $(STAMP)
 
@@ -23,6 +24,9 @@ lint: install
 
 test: install lint
 	$(PY) -m pytest -q tests
+
+test-fast: install lint
+	$(PY) -m pytest -q -m "not slow" tests
 
 bench: install
 	$(VENV)/bin/hyperflow bench simulate --json

@@ -158,7 +158,8 @@ class Manifest:
         implied: config keys that stores written before the key existed lack, with the value
         they were written with (compared as if present).
         """
-        assert formats and all(isinstance(f, str) for f in formats), f"bad formats {formats!r}"
+        if not formats or not all(isinstance(f, str) for f in formats):
+            raise ValueError(f"formats must be a non-empty list of format names, got {formats!r}")
         config = json.loads(json.dumps(config))  # compare as it will read back (tuples->lists)
         loc = root if isinstance(root, Location) else location(root)
         if loc.exists(MANIFEST):

@@ -148,7 +148,8 @@ class ResilientPool:
         placement_timeout: float = 300.0,
         log=None,
     ):
-        assert n >= 1, f"need at least one actor, got {n}"
+        if n < 1:
+            raise ValueError(f"need at least one actor, got {n}")
         self._resources = {"CPU": num_cpus, **({"GPU": num_gpus} if num_gpus else {})}
         self._remote = ray.remote(actor_cls).options(num_cpus=num_cpus, num_gpus=num_gpus)
         self._init_kwargs = init_kwargs

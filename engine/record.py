@@ -40,33 +40,46 @@ def _json_exact(x: dict) -> bool:
 
 
 def validate_record(r: TrajectoryRecord) -> None:
-    """Raise AssertionError naming the record and the field that breaks the schema."""
+    """Raise ValueError naming the record and the field that breaks the schema (records come
+    from any simulator, so this is input checking, not an internal invariant)."""
     who = f"record {r.id!r}"
-    assert isinstance(r.id, str) and r.id, f"{who}: id must be a non-empty str"
-    assert not any(c in r.id for c in "./ \t\n"), f"{who}: id must not contain dots/slashes/spaces"
-    assert isinstance(r.episode, dict) and _json_exact(r.episode), (
-        f"{who}: episode must be a dict that survives a JSON round trip"
+
+    def require(ok: bool, need: str) -> None:
+        if not ok:
+            raise ValueError(f"{who}: {need}")
+
+    # in order: each message may use what the checks before it established
+    require(isinstance(r.id, str) and bool(r.id), "id must be a non-empty str")
+    require(not any(c in r.id for c in "./ \t\n"), "id must not contain dots/slashes/spaces")
+    require(
+        isinstance(r.episode, dict) and _json_exact(r.episode),
+        "episode must be a dict that survives a JSON round trip",
     )
-    assert isinstance(r.meta, dict) and _json_exact(r.meta), (
-        f"{who}: meta must be a dict that survives a JSON round trip"
+    require(
+        isinstance(r.meta, dict) and _json_exact(r.meta),
+        "meta must be a dict that survives a JSON round trip",
     )
     s, y, th, lo = r.support, r.labels, r.theta, r.loss
-    assert isinstance(s, np.ndarray) and s.dtype == np.uint8 and s.ndim == 4 and len(s), (
-        f"{who}: support must be uint8 [N>=1, C, H, W], got {getattr(s, 'dtype', type(s))} "
-        f"{getattr(s, 'shape', '')}"
+    require(
+        isinstance(s, np.ndarray) and s.dtype == np.uint8 and s.ndim == 4 and len(s) > 0,
+        f"support must be uint8 [N>=1, C, H, W], got {_kind(s)}",
     )
-    assert isinstance(y, np.ndarray) and y.dtype == np.int64 and y.shape == (len(s),), (
-        f"{who}: labels must be int64 [{len(s)}], got {getattr(y, 'dtype', type(y))} "
-        f"{getattr(y, 'shape', '')}"
+    require(
+        isinstance(y, np.ndarray) and y.dtype == np.int64 and y.shape == (len(s),),
+        f"labels must be int64 [{len(s)}], got {_kind(y)}",
     )
-    assert isinstance(th, np.ndarray) and th.dtype.name in THETA_DTYPES and th.ndim == 2, (
-        f"{who}: theta must be float32/float16 [T+1, P], got {getattr(th, 'dtype', type(th))} "
-        f"{getattr(th, 'shape', '')}"
+    require(
+        isinstance(th, np.ndarray) and th.dtype.name in THETA_DTYPES and th.ndim == 2,
+        f"theta must be float32/float16 [T+1, P], got {_kind(th)}",
     )
-    assert isinstance(lo, np.ndarray) and lo.dtype == np.float32 and lo.shape == (len(th),), (
-        f"{who}: loss must be float32 [{len(th)}] (one per theta row), got "
-        f"{getattr(lo, 'dtype', type(lo))} {getattr(lo, 'shape', '')}"
+    require(
+        isinstance(lo, np.ndarray) and lo.dtype == np.float32 and lo.shape == (len(th),),
+        f"loss must be float32 [{len(th)}] (one per theta row), got {_kind(lo)}",
     )
+
+
+def _kind(x) -> str:
+    return f"{getattr(x, 'dtype', type(x))} {getattr(x, 'shape', '')}"
 
 
 def record_diff(a: TrajectoryRecord, b: TrajectoryRecord) -> list[str]:

@@ -7,7 +7,8 @@
 
 Keys are POSIX paths relative to the location. A write is atomic per object: object stores
 have atomic PUT; on a local disk the bytes go to a temp file that is fsynced and renamed into
-place, so a reader (or a killed writer) never sees a torn object. Nothing else needs rename.
+place, and the directory is fsynced after the rename, so a reader (or a killed writer) never
+sees a torn object and a written object survives a power loss. Nothing else needs rename.
 
 Endpoint and credentials come from the standard variables of each backend (for S3:
 AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ...): nothing here
@@ -107,6 +108,7 @@ class Location:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+        _fsync_dir(final.parent)
 
     @_user_errors
     def open(self, key: str, mode: str = "rb"):
@@ -208,3 +210,13 @@ def check_access(loc: Location, write: bool, what: str) -> None:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return text[0] if text else "no details"
+
+
+def _fsync_dir(path: Path) -> None:
+    # the rename lives in the directory entry: without this a power loss after os.replace can
+    # leave the old object (or none) even though the new bytes were fsynced
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

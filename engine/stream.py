@@ -18,6 +18,14 @@ rest; the DataLoader's round-robin over workers hands them to the trainer in pla
 EpochStream chains the epochs for one long-lived DataLoader. A worker reads its records in
 read-sequence order (each shard opened once, front to back) and holds each until its batch is
 complete: by 3., about shuffle_buffer + batch_size * num_workers records at most.
+
+Elastic runs (Ray Train with --min-workers) plan over `shares` virtual ranks fixed for the run
+(the most workers it may have) instead of the world size: rank r of W streams shares r, r + W,
+..., its step-j batch being the union of those shares' batch j. The plan, and so a position
+(epoch, batch) in it, is then the same whatever W is: after a resize the new ranks go on from
+the checkpoint's position, and within the epoch no record is read twice or skipped. Each batch
+carries `records_in_step`, the records of batch j over all shares, so a trainer can weight its
+rank's loss by its share of the step (DDP averages ranks, which may hold unequal parts).
 """
 
 import math
@@ -188,16 +196,22 @@ class RecordStream(IterableDataset):
         epoch: int = 0,
         collated: bool = True,
         max_records: int = 0,
+        shares: int | None = None,
     ):
         m = Manifest.load(root)
         if fmt not in STORES or fmt not in m.formats:
             raise UserError(f"store {m.root} has formats {m.formats}, not {fmt!r}")
         if not 0 <= rank < world_size:
             raise UserError(f"rank {rank} not in [0, world_size={world_size})")
+        shares = world_size if shares is None else shares
+        if shares < world_size:
+            raise UserError(f"{shares} data shares cannot feed world_size {world_size}")
         # the URL (a string) goes to the loader workers; each opens the storage itself
         self.root, self.fmt, self.rank, self.world_size = m.root, fmt, rank, world_size
         self.batch_size, self.seed, self.shuffle_buffer = batch_size, seed, shuffle_buffer
         self.epoch, self.collated = epoch, collated
+        self.shares = shares
+        self.mine = list(range(rank, shares, world_size))  # the virtual ranks this rank serves
         self.start = 0  # batches of this epoch to skip (resuming mid-epoch)
         # fixed at construction: later commits wait a restart
         self.shards = first_records(m.shards_of(fmt), max_records)
@@ -209,26 +223,43 @@ class RecordStream(IterableDataset):
             raise UserError(f"start batch {start} not in [0, {len(self)}] (batches per epoch)")
         self.epoch, self.start = epoch, start
 
-    def plan(self) -> list[list[tuple[str, int]]]:
-        """This rank's batches for the current epoch."""
-        args = (self.world_size, self.batch_size, self.seed, self.epoch, self.rank)
-        return rank_plan(self.shards, *args, self.shuffle_buffer)
+    def plan(self, epoch: int | None = None) -> list[list[tuple[str, int]]]:
+        """This rank's batches for `epoch` (default: the current one)."""
+        return self._plans(self.epoch if epoch is None else epoch)[0]
+
+    def _plans(self, epoch: int) -> tuple[list[list[tuple[str, int]]], list[int]]:
+        # (this rank's batches, records of each step over every share)
+        args = (self.shares, self.batch_size, self.seed, epoch)
+        plans = [rank_plan(self.shards, *args, v, self.shuffle_buffer) for v in range(self.shares)]
+        mine = [sum((plans[v][j] for v in self.mine), []) for j in range(len(self))]
+        return mine, [sum(len(p[j]) for p in plans) for j in range(len(self))]
 
     def __len__(self) -> int:
         n = sum(s.records for s in self.shards)
-        return math.ceil(math.ceil(n / self.world_size) / self.batch_size)
+        return math.ceil(math.ceil(n / self.shares) / self.batch_size)
 
     def __iter__(self):
         wid, nw = _worker()
-        for records in self._read(self.epoch, self.plan()[self.start :][wid::nw]):
-            yield collate(records) if self.collated else records
+        plan, sizes = self._plans(self.epoch)
+        picked = list(range(self.start, len(plan)))[wid::nw]
+        for j, records in zip(picked, self._read(self.epoch, [plan[j] for j in picked])):
+            yield self._batch(records, sizes[j])
+
+    def _batch(self, records: list[TrajectoryRecord], in_step: int):
+        if not self.collated:
+            return records
+        return {**collate(records), "records_in_step": in_step}
 
     def _read(self, epoch: int, batches: list[list[tuple[str, int]]]):
         """Yield the records of `batches` (of epoch `epoch`), batch by batch, reading them in the
         epoch's read sequence: each shard opened once, front to back; a record waits in memory
         until its batch is complete."""
         where = {x: j for j, batch in enumerate(batches) for x in batch}  # record -> batch
-        seq = _read_sequence(self.shards, self.world_size, self.seed, epoch, self.rank)
+        seq = [
+            x
+            for v in self.mine
+            for x in _read_sequence(self.shards, self.shares, self.seed, epoch, v)
+        ]
         position = {x: k for k, x in enumerate(seq)}  # when this epoch reads each record
         pending: list[dict] = [{} for _ in batches]  # batch -> {record key: record}
         done, reader, current = 0, None, None
@@ -273,11 +304,11 @@ class EpochStream(IterableDataset):
         first = 0  # position of this epoch's first batch in the run's sequence
         epoch, start = self.epoch, self.start
         while True:
-            args = (s.world_size, s.batch_size, s.seed, epoch, s.rank, s.shuffle_buffer)
-            plan = rank_plan(s.shards, *args)[start:]
+            plan, sizes = s._plans(epoch)
+            plan, sizes = plan[start:], sizes[start:]
             mine = [j for j in range(len(plan)) if (first + j) % nw == wid]
             for k, records in enumerate(s._read(epoch, [plan[j] for j in mine])):
-                yield epoch, start + mine[k], collate(records) if s.collated else records
+                yield epoch, start + mine[k], s._batch(records, sizes[mine[k]])
             first += len(plan)
             epoch, start = epoch + 1, 0
 

@@ -104,7 +104,10 @@ class SyntheticSimulator:
         seed: int = 0,
         domains: tuple[str, ...] = ("latin", "greek"),
     ):
-        assert episodes >= 1 and shard_size >= 1 and inits >= 1, "sizes must be >= 1"
+        if min(episodes, shard_size, inits) < 1:  # from `hyperflow bench scale` arguments
+            raise ValueError(
+                f"episodes, shard_size, inits must be >= 1, got {episodes, shard_size, inits}"
+            )
         self.episodes, self.shard_size, self.inits = episodes, shard_size, inits
         self.args = (run, T, P, tuple(n_support), tuple(image), tuple(domains), seed)
 

@@ -14,20 +14,17 @@ seeded by (spec seed, e):
 
 A high score means the drift is wrong there, and bias-tuning trajectories of such episodes are
 the data it lacks. Scores depend on nothing but (spec, drift, steps, score, e), so any actor can
-score any chunk.
+score any chunk; jobs/collect_focus.py runs FocusScorer on Ray actors.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-from engine.pool import ResilientPool
-
 _FOCUS_STREAM = 3  # the augmentation seed's random stream, apart from the simulator's (1, 2)
-CHUNK = 8  # candidates per actor task: a few seconds each, fine-grained enough to balance
 SCORES = ("ratio", "gap")  # collect.focus_score, see the module docstring
 
 
@@ -48,7 +45,7 @@ class FocusScorer:
         threads: int = 1,
         score: str = "ratio",
     ):
-        import torch  # here, not at the top: the driver imports this module for score_episodes
+        import torch  # here, not at the top: the driver imports this module for choose()
 
         from hyperflow.adapt.hyperflow import load_for_target
         from hyperflow.simulator import BiasTuningSimulator
@@ -90,41 +87,6 @@ class FocusScorer:
             score = score if math.isfinite(score) else math.inf
             out.append({"index": e, "score": score, "shift": spec.shift or "clean"})
         return out
-
-
-def score_episodes(
-    indices: Sequence[int],
-    scorer_kwargs: dict,
-    workers: int,
-    num_cpus: float = 1,
-    num_gpus: float = 0,
-    placement_timeout: float = 300.0,
-    replace_fraction: float = 0.25,
-    progress: Callable[[int], None] | None = None,
-) -> dict[int, dict]:
-    """Score candidate episodes on `workers` Ray actors (FocusScorer keyword arguments in
-    `scorer_kwargs`; Ray must be connected): index -> {"index", "score", "shift"}.
-    progress(n) is called as each chunk of n candidates lands."""
-    indices = list(indices)
-    chunks = [indices[i : i + CHUNK] for i in range(0, len(indices), CHUNK)]
-    pool = ResilientPool(
-        FocusScorer,
-        min(workers, len(chunks)),
-        scorer_kwargs,
-        num_cpus=num_cpus,
-        num_gpus=num_gpus,
-        placement_timeout=placement_timeout,
-        replace_fraction=replace_fraction,
-    )
-    rows: dict[int, dict] = {}
-    try:
-        for chunk, result in pool.map_unordered("score", chunks):
-            rows.update((r["index"], r) for r in result)
-            if progress:
-                progress(len(chunk))
-    finally:
-        pool.shutdown()
-    return rows
 
 
 def choose(scores: dict[int, float], n: int) -> list[int]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import timm
@@ -19,20 +18,10 @@ from torch import nn
 
 from engine.storage import location
 from hyperflow.bias import BiasLayout, select_biases
+from hyperflow.config import TargetConfig
 from hyperflow.errors import UserError
 
 WEIGHTS, META = "target.safetensors", "target.json"  # what a target is, wherever it is stored
-
-
-@dataclass
-class TargetConfig:
-    backbone: str = "test_resnet"  # any name timm.create_model accepts
-    channels: int = 1
-    image_size: int = 32
-    checkpoint: str | None = None  # local weights file for the backbone (no hub downloads here)
-    include: list[str] = field(default_factory=lambda: ["*.bias"])  # bias patterns -> theta
-    exclude: list[str] = field(default_factory=list)
-    init_scale: float = 10.0
 
 
 class TargetModel(nn.Module):
@@ -95,7 +84,7 @@ def save_target(model: TargetModel, out: str | os.PathLike, extra: dict | None =
     loc = location(out)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     info = {
-        "config": asdict(model.cfg),
+        "config": model.cfg.model_dump(),
         "feature_dim": model.feature_dim,
         "bias_size": model.layout.size,
         "layout_hash": model.layout.hash(),

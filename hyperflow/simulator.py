@@ -16,13 +16,14 @@ from engine.record import SCHEMA_VERSION, TrajectoryRecord, make_id
 from hyperflow.adapt.simulate import initial_theta, simulate
 from hyperflow.data import load_dataset
 from hyperflow.data.episodes import EpisodeSampler, EpisodeSpec, build_episode
+from hyperflow.data.procedural import check_exclude
 from hyperflow.model import load_target, target_id
 
 _COLLECT_STREAM = 2  # Collector.episode's random stream, apart from the sampler's
 
 
 # spec keys added after stores were first written, with the value those stores were written with
-IMPLIED_BY_OLDER_STORES = {"theta_encoding": "delta2"}
+IMPLIED_BY_OLDER_STORES = {"theta_encoding": "delta2", "procedural_exclude": []}
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,9 @@ class CollectSpec:
     theta_dtype: str
     theta_encoding: str  # engine.stores.encoding
     seed: int
+    # primitives the `procedural` shift family may not compose (an ablation); each record's
+    # episode spec lists the composition its episode drew
+    procedural_exclude: tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, cfg, model, target_dir: str, domains: list[str], run: str) -> CollectSpec:
@@ -77,6 +81,8 @@ class CollectSpec:
             theta_dtype=cc.theta_dtype,
             theta_encoding=cc.theta_encoding,
             seed=cc.seed,
+            # a config without the key (the schema may not have it yet) excludes nothing
+            procedural_exclude=check_exclude(getattr(cc, "procedural_exclude", ()) or ()),
         )
 
     def manifest_config(self) -> dict:
@@ -122,6 +128,7 @@ class BiasTuningSimulator:
             spec.seed,
             variable=spec.variable,
             shifts=tuple(spec.shifts),
+            exclude=tuple(spec.procedural_exclude),
         )
 
     def episode(self, e: int) -> tuple[EpisodeSpec, float, np.random.Generator]:
@@ -133,7 +140,7 @@ class BiasTuningSimulator:
         rng = np.random.default_rng([s.seed, e, _COLLECT_STREAM])
         spec = self.sampler.spec(e)
         if s.shifts and rng.random() < s.clean_fraction:
-            spec = replace(spec, shift=None)
+            spec = replace(spec, shift=None, composition=())
         lr = float(np.exp(rng.uniform(np.log(s.lr_min), np.log(s.lr_max))))
         return spec, lr, rng
 

@@ -14,7 +14,10 @@ COMMANDS = {
     "pretrain": ("pretrain", "train the target backbone on the base domains"),
     "collect": ("collect", "simulate bias-tuning trajectories on Ray into a sharded store"),
     "inspect": ("inspect_store", "summarise and verify a trajectory store"),
-    "train": ("train", "train a drift network from a store (Accelerate; --nproc for ranks)"),
+    "train": (
+        "train.command",
+        "train a drift network from a store (Accelerate; --nproc for ranks)",
+    ),
     "evaluate": ("evaluate", "evaluate direct, gradient and HyperFlow adaptation per domain"),
     "pipeline": ("pipeline", "pretrain, collect, train and evaluate end to end"),
     "sweep": ("sweep", "the scaling curve: drift sizes x trajectory counts, docs table + PNG"),

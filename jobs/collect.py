@@ -16,13 +16,11 @@ from tqdm import tqdm
 
 from engine.collect import collect
 from engine.pool import check_reachable, connect, resolve_address
-from engine.record import THETA_DTYPES, make_id
-from engine.stores import open_store, remove_uncommitted, shard_name
-from engine.stores.encoding import THETA_ENCODINGS
+from engine.record import make_id
+from engine.stores import STORES, open_store, remove_uncommitted, shard_name
 from hyperflow.config import load_config
 from hyperflow.data import load_dataset
 from hyperflow.data.episodes import sample_episode
-from hyperflow.data.shifts import SHIFTS
 from hyperflow.errors import UserError
 from hyperflow.model import load_target
 from hyperflow.simulator import (
@@ -31,10 +29,11 @@ from hyperflow.simulator import (
     CollectSpec,
     shard_episodes,
 )
-from jobs.collect_focus import focus_checks, plan_focus, summary
-from jobs.common import add_config_args, check_ranges, output, positive_int, source
+from jobs.collect_focus import plan_focus, summary
+from jobs.common import add_config_args, output, positive_int, source
 
-FORMATS = {"zarr": ["zarr"], "wds": ["wds"], "both": ["zarr", "wds"]}
+# collect.format -> store formats written: each of engine.stores.STORES, or all of them
+FORMATS = {**{f: [f] for f in STORES}, "both": list(STORES)}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -65,40 +64,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", default="c", help="record id prefix (letters, digits, - or _)")
 
 
-def _check_numbers(cc, episodes: int, workers: int) -> None:
-    """UserError naming the first config number the engine cannot run with."""
-    checks = [
-        ("collect.episodes", episodes, episodes >= 1),
-        ("collect.workers", workers, workers >= 1),
-        ("collect.shard_size", cc.shard_size, cc.shard_size >= 1),
-        ("collect.inits", cc.inits, cc.inits >= 1),
-        ("collect.sigma", cc.sigma, cc.sigma >= 0),
-        ("collect.lr_min", cc.lr_min, 0 < cc.lr_min <= cc.lr_max),
-        ("collect.cpus_per_worker", cc.cpus_per_worker, cc.cpus_per_worker > 0),
-        ("collect.gpus_per_worker", cc.gpus_per_worker, cc.gpus_per_worker >= 0),
-        ("collect.placement_timeout", cc.placement_timeout, cc.placement_timeout > 0),
-        ("collect.replace_fraction", cc.replace_fraction, cc.replace_fraction >= 0),
-        *focus_checks(cc),
-    ]
-    check_ranges(checks)
-    if cc.theta_dtype not in THETA_DTYPES:
-        raise UserError(f"collect.theta_dtype {cc.theta_dtype!r} is not one of {THETA_DTYPES}")
-    if cc.theta_encoding not in THETA_ENCODINGS:
-        raise UserError(
-            f"collect.theta_encoding {cc.theta_encoding!r} is not one of {sorted(THETA_ENCODINGS)}"
-        )
-
-
 def run(args: argparse.Namespace) -> None:
     # config
     cfg = load_config(args.config, args.set)
     cc, ec = cfg.collect, cfg.episodes
-    episodes = args.episodes or cc.episodes
-    if (args.format or cc.format) not in FORMATS:
-        raise UserError(f"collect.format {cc.format!r} is not one of {sorted(FORMATS)}")
+    episodes = args.episodes or cc.episodes  # every number and name checked by the schema
     formats = FORMATS[args.format or cc.format]
     workers = args.workers or cc.workers
-    _check_numbers(cc, episodes, workers)
     try:
         make_id(args.run, 0, 0)  # the actors would fail on it much later
     except ValueError as e:
@@ -119,9 +91,6 @@ def run(args: argparse.Namespace) -> None:
         if name not in data.domains:
             raise UserError(f"collect domain {name!r} not in dataset ({data.names()})")
         sample_episode(data.domains[name], 0, ec.way, ec.shot, ec.query)
-    for s in cc.shifts:
-        if s not in SHIFTS:
-            raise UserError(f"collect shift {s!r} unknown; choose from {sorted(SHIFTS)}")
     spec = CollectSpec.from_config(cfg, model, target.url, domains, args.run)
     config = {**spec.manifest_config(), "episodes": episodes}
     sim_kwargs = {

@@ -4,10 +4,11 @@ The store holds the uniform episodes 0..P-1 (collect.focus_prefix; in shards lai
 uniform store lays them, so with P = the drift's training episodes they are that store's
 shards, record for record) and then M episodes chosen from the fresh candidates [S, S + pool M)
 (collect.focus_start, collect.focus_pool): the M on which the drift falls furthest short of
-bias-tuning (collect.focus_score; hyperflow.focus, scored on Ray actors). STORE/focus.json
-holds the choice, written before the manifest, so a re-run reads it instead of rescoring; the
-manifest config's "focus" entry names the drift (digest), the settings and a digest of the
-chosen list, so another drift or setting on the same store is refused as another config.
+bias-tuning (collect.focus_score; hyperflow.focus, scored on Ray actors by jobs/focus_scoring.py).
+STORE/focus.json holds the choice, written before the manifest, so a re-run reads it instead of
+rescoring; the manifest config's "focus" entry names the drift (digest), the settings and a
+digest of the chosen list, so another drift or setting on the same store is refused as another
+config.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ from engine.record import make_id
 from hyperflow.adapt.hyperflow import load_for_target
 from hyperflow.drift.io import META, WEIGHTS, read_drift_meta
 from hyperflow.errors import UserError
-from hyperflow.focus import SCORES, choose, score_episodes, summarize
+from hyperflow.focus import choose, summarize
 from hyperflow.simulator import IMPLIED_BY_OLDER_STORES, shard_episodes
 from jobs.common import source
+from jobs.focus_scoring import score_episodes
 
 FOCUS = "focus.json"
 FORMAT = "hyperflow-focus/1"
@@ -38,17 +40,6 @@ class FocusPlan:
     config: dict  # the manifest config, its "focus" entry included
     shards: tuple[tuple[int, ...], ...]  # episode indices per shard: prefix, then the chosen
     doc: dict  # focus.json
-
-
-def focus_checks(cc) -> list[tuple[str, object, bool]]:
-    """(key, value, ok) of the focus settings, for jobs.common.check_ranges."""
-    return [
-        ("collect.focus_prefix", cc.focus_prefix, cc.focus_prefix >= 0),
-        ("collect.focus_pool", cc.focus_pool, cc.focus_pool >= 1),
-        ("collect.focus_start", cc.focus_start, cc.focus_start >= 0),
-        ("collect.focus_steps", cc.focus_steps, cc.focus_steps >= 1),
-        ("collect.focus_score", cc.focus_score, cc.focus_score in SCORES),
-    ]
 
 
 def check_drift(focus: str, spec, model) -> tuple[str, str]:
@@ -79,12 +70,8 @@ def _digest(chosen: list[int]) -> str:
 
 def _check_ids(spec, prefix: int, start: int, n: int) -> None:
     # shards must cover disjoint id ranges (the manifest refuses overlaps), and ids sort as
-    # strings: the candidates' ids must sort apart from the prefix's (e.g. e150000 > e1000000)
-    if start < prefix:
-        raise UserError(
-            f"collect.focus_start={start} is out of range: below collect.focus_prefix={prefix} "
-            "(candidates would repeat the prefix's episodes)"
-        )
+    # strings: the candidates' ids must sort apart from the prefix's (e.g. e150000 > e1000000);
+    # start >= prefix is the config schema's (hyperflow/config)
     if not prefix:
         return
     last = spec.inits - 1

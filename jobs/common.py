@@ -47,13 +47,6 @@ def source(url: str, what: str) -> Location:
     return loc
 
 
-def check_ranges(checks: list[tuple[str, object, bool]]) -> None:
-    """UserError naming the first (key, value, ok) whose value is out of range."""
-    for key, value, ok in checks:
-        if not ok:
-            raise UserError(f"{key}={value!r} is out of range")
-
-
 def positive_int(value: str) -> int:
     """argparse type: an integer >= 1, with a message naming the bad value."""
     try:

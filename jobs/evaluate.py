@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import argparse
 from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
 
-import ray
 from tqdm import tqdm
 
-from engine.pool import ACTOR_DEATHS, ResilientPool, connect
+from engine.pool import ResilientPool, connect
+from engine.storage import Location
 from hyperflow.adapt.hyperflow import find_drift_dirs, load_for_target
 from hyperflow.config import load_config
-from hyperflow.data import load_dataset
+from hyperflow.data import Dataset, load_dataset
 from hyperflow.errors import UserError
-from hyperflow.evaluation.memory import MEASURE_ENV
 from hyperflow.evaluation.plan import (
     VALIDATION_OFFSET,
     episode_jobs,
@@ -29,12 +30,12 @@ from hyperflow.evaluation.plan import (
     method_specs,
 )
 from hyperflow.evaluation.plots import plot_loss_curves, plot_tradeoff
-from hyperflow.evaluation.report import markdown, summarize, write_report
-from hyperflow.evaluation.reuse import load_reusable
-from hyperflow.evaluation.worker import EvalWorker, MethodSpec
+from hyperflow.evaluation.report import add_paired, markdown, summarize, write_report
+from hyperflow.evaluation.reuse import check_same_episodes, load_reusable
+from hyperflow.evaluation.worker import EpisodeJob, EvalWorker, MethodSpec
 from hyperflow.model import load_target, target_id
 from hyperflow.smat import load_smat
-from jobs.common import add_config_args, check_ranges, output, positive_int, source
+from jobs.common import add_config_args, output, positive_int, source
 
 CHUNK = 4  # episodes per actor call: small enough to balance, large enough to amortise
 
@@ -59,19 +60,73 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+@dataclass
+class Setup:
+    """Everything checked before Ray starts: what to run, on which episodes, written where."""
+
+    cfg: Any  # hyperflow.config.Config
+    args: argparse.Namespace
+    out: Location
+    data: Dataset
+    domains: list[str]
+    drifts: dict[str, str]  # interpolant -> drift location
+    jobs: list[EpisodeJob]  # the evaluation episodes, every domain
+    header: dict  # results.json's header: what fixes the episodes and the target
+    reused: dict[str, dict]  # method -> results entry copied from --reuse
+    lrs: dict[str, float]  # gradient method -> learning rate, fixed or reused
+    to_run: list[str]  # the method names not reused
+    init: dict  # EvalWorker arguments
+    workers: int
+
+    def plan(self, lrs: dict[str, float]) -> list[MethodSpec]:
+        ev = self.cfg.evaluate
+        return method_specs(
+            self.to_run,
+            lrs,
+            self.cfg.adapt.steps,
+            self.drifts,
+            ev.solver,
+            ev.solver_steps,
+            ev.encode_chunk,
+            smat=self.args.smat,
+            step_scales=ev.step_scales,
+        )
+
+    def heldout(self) -> list[str]:
+        """The held-out domains evaluated, or every domain when none is held-out."""
+        held = [d for d in self.domains if self.data.domains[d].split == "heldout"]
+        return held or self.domains
+
+
 def run(args: argparse.Namespace) -> None:
+    setup = _setup(args)
+    methods = setup.plan(setup.lrs)  # refuses unknown methods before Ray starts
+    ev = setup.cfg.evaluate
+    connect(args.address, num_cpus=None)
+    pool = ResilientPool(
+        EvalWorker,
+        setup.workers,
+        setup.init,
+        num_gpus=ev.gpus_per_worker,
+        placement_timeout=ev.placement_timeout,
+        replace_fraction=ev.replace_fraction,
+    )
+    try:
+        methods = _tune_lrs(pool, setup, methods)
+        rows = _run(pool, setup.jobs, methods, "evaluate")
+        curves = _curves(pool, setup.jobs, methods, setup.heldout(), setup.drifts, ev)
+    finally:
+        pool.shutdown()
+    memory = measure_memory(methods, setup.jobs[0], setup.init, ev.gpus_per_worker)
+    _report(setup, rows, methods, curves, memory)
+
+
+def _setup(args: argparse.Namespace) -> Setup:
     # config
     cfg = load_config(args.config, args.set)
     ev = cfg.evaluate
     episodes = ev.episodes if args.episodes is None else args.episodes
-    workers = args.workers or ev.workers
     names = args.methods.split(",") if args.methods else ev.methods
-    checks = [
-        ("evaluate.gpus_per_worker", ev.gpus_per_worker, ev.gpus_per_worker >= 0),
-        ("evaluate.placement_timeout", ev.placement_timeout, ev.placement_timeout > 0),
-        ("evaluate.replace_fraction", ev.replace_fraction, ev.replace_fraction >= 0),
-    ]
-    check_ranges(checks)
     dataset = args.dataset or cfg.data.dataset
     # a local --out is created once the results exist; unreadable inputs or an unwritable --out
     # (path, bucket, credentials) fail here with exit 2, before Ray starts
@@ -82,7 +137,7 @@ def run(args: argparse.Namespace) -> None:
     if args.smat:
         source(args.smat, "--smat")
 
-    # setup: validate everything cheap before starting Ray
+    # inputs: validate everything cheap before starting Ray
     model = load_target(args.target)
     data = load_dataset(dataset, model.cfg.image_size, model.cfg.channels, cfg.data.cache_dir)
     domains = ev.domains or data.names()
@@ -97,7 +152,6 @@ def run(args: argparse.Namespace) -> None:
     ec = cfg.episodes
     shifts = tuple(ev.shifts)
     jobs = episode_jobs(data, domains, episodes, ec.way, ec.shot, ec.query, ev.seed, 0, shifts)
-    lrs = dict(cfg.adapt.lr)
     header = {
         "episodes_per_domain": episodes,
         "way": ec.way,
@@ -108,27 +162,17 @@ def run(args: argparse.Namespace) -> None:
         "target_id": target_id(args.target),
         "shifts": list(shifts),
     }
+
+    # baselines copied from --reuse: the same episodes, row by row
+    lrs = dict(cfg.adapt.lr)
     reused = load_reusable(args.reuse, header, domains, names) if args.reuse else {}
     if reused:
         print(f"reusing {', '.join(reused)} from {args.reuse}")
+        rowless = check_same_episodes(reused, jobs, args.reuse)
+        if rowless:
+            print(f"{', '.join(rowless)} from {args.reuse} have no per-episode rows (older "
+                  "results): no paired intervals against them")  # fmt: skip
         lrs.update({name: e["lr"] for name, e in reused.items() if e.get("lr") is not None})
-    to_run = [n for n in names if n not in reused]
-
-    def plan(lrs: dict[str, float]) -> list[MethodSpec]:
-        return method_specs(
-            to_run,
-            lrs,
-            cfg.adapt.steps,
-            drifts,
-            ev.solver,
-            ev.solver_steps,
-            ev.encode_chunk,
-            smat=args.smat,
-            step_scales=ev.step_scales,
-        )
-
-    methods = plan(lrs)
-    connect(args.address, num_cpus=None)
     init = {
         "target_dir": str(args.target),
         "dataset": dataset,
@@ -136,52 +180,57 @@ def run(args: argparse.Namespace) -> None:
         "drift_dirs": drifts,
         "smat_dir": args.smat,
     }
-    pool = ResilientPool(
-        EvalWorker,
-        workers,
-        init,
-        num_gpus=ev.gpus_per_worker,
-        placement_timeout=ev.placement_timeout,
-        replace_fraction=ev.replace_fraction,
+    return Setup(
+        cfg=cfg,
+        args=args,
+        out=out,
+        data=data,
+        domains=domains,
+        drifts=drifts,
+        jobs=jobs,
+        header=header,
+        reused=reused,
+        lrs=lrs,
+        to_run=[n for n in names if n not in reused],
+        init=init,
+        workers=args.workers or ev.workers,
     )
 
-    # learning rates: grid search on validation episodes of the held-out domains
-    search = [
-        m
-        for m in lr_candidates(to_run, cfg.adapt.lr_grid, cfg.adapt.full_lr_grid, cfg.adapt.steps)
-        if m.kind not in lrs
-    ]
-    if search:
-        heldout = [d for d in domains if data.domains[d].split == "heldout"] or domains
-        val = episode_jobs(
-            data,
-            heldout,
-            cfg.adapt.val_episodes,
-            ec.way,
-            ec.shot,
-            ec.query,
-            ev.seed,
-            offset=VALIDATION_OFFSET,
-            shifts=shifts,
-        )
-        rows = _run(pool, val, search, "lr search")
-        lrs.update(_best_lrs(rows, search))
-        print("learning rates: " + ", ".join(f"{k}={v:g}" for k, v in sorted(lrs.items())))
-        methods = plan(lrs)
 
-    # loop
-    rows = _run(pool, jobs, methods, "evaluate")
-    heldout = [d for d in domains if data.domains[d].split == "heldout"]
-    curves = _curves(pool, jobs, methods, heldout or domains, drifts, ev)
-    pool.shutdown()
-    memory = measure_memory(methods, jobs[0], init, ev.gpus_per_worker)
+def _tune_lrs(pool: ResilientPool, setup: Setup, methods: list[MethodSpec]) -> list[MethodSpec]:
+    """The methods with learning rates searched on validation episodes of the held-out domains
+    where neither the config nor --reuse fixes them (as P>M>F does)."""
+    cfg, ec = setup.cfg, setup.cfg.episodes
+    a = cfg.adapt
+    grid = lr_candidates(setup.to_run, a.lr_grid, a.full_lr_grid, a.steps)
+    search = [m for m in grid if m.kind not in setup.lrs]
+    if not search:
+        return methods
+    val = episode_jobs(
+        setup.data,
+        setup.heldout(),
+        a.val_episodes,
+        ec.way,
+        ec.shot,
+        ec.query,
+        cfg.evaluate.seed,
+        offset=VALIDATION_OFFSET,
+        shifts=tuple(cfg.evaluate.shifts),
+    )
+    rows = _run(pool, val, search, "lr search")
+    lrs = {**setup.lrs, **_best_lrs(rows, search)}
+    print("learning rates: " + ", ".join(f"{k}={v:g}" for k, v in sorted(lrs.items())))
+    return setup.plan(lrs)
 
-    # report
+
+def _report(setup: Setup, rows, methods, curves, memory) -> None:
+    data, out = setup.data, setup.out
     splits = {
-        d: {"split": data.domains[d].split, "family": data.domains[d].family} for d in domains
+        d: {"split": data.domains[d].split, "family": data.domains[d].family} for d in setup.domains
     }
-    results = summarize(rows, methods, splits, header, memory)
-    results["methods"] = {**reused, **results["methods"]}  # the baselines first, as listed
+    results = summarize(rows, methods, splits, setup.header, memory)
+    results["methods"] = {**setup.reused, **results["methods"]}  # the baselines first, as listed
+    results = add_paired(results)
     out.makedirs()
     out.write_bytes("accuracy_vs_time.png", plot_tradeoff(results))
     if curves:
@@ -225,28 +274,23 @@ def _best_lrs(rows, candidates) -> dict[str, float]:
 
 def measure_memory(methods, job, init, num_gpus: float = 0, attempts: int = 3) -> dict[str, dict]:
     """Peak adaptation memory per method, {"bytes", "device"}, each on a fresh single-use actor
-    (2 at a time) holding the resources the evaluation workers hold; init: EvalWorker arguments.
-    Ray must be connected. A measurement whose actor dies (its node lost) is retried on a new
-    actor, up to `attempts` times."""
-    remote = ray.remote(EvalWorker).options(
-        num_cpus=1, num_gpus=num_gpus, runtime_env={"env_vars": MEASURE_ENV}
-    )
-    out, todo = {}, list(methods)
-    while todo:
-        batch, todo = todo[:2], todo[2:]
-        for _ in range(attempts):
-            actors = [remote.remote(**init) for _ in batch]
-            refs = [a.memory.remote((m, job)) for a, m in zip(actors, batch)]
-            for m, ref in zip(batch, refs):
-                try:
-                    out[m.name] = ray.get(ref)
-                except ACTOR_DEATHS as e:
-                    print(f"memory measurement of {m.name} lost its actor ({e}); retrying")
-            for a in actors:
-                ray.kill(a)
-            batch = [m for m in batch if m.name not in out]
-            if not batch:
-                break
-        if batch:
-            raise RuntimeError(f"memory of {[m.name for m in batch]}: {attempts} actors died")
+    holding the resources the evaluation workers hold; init: EvalWorker arguments. Ray must be
+    connected. Each runs in a one-actor ResilientPool: an actor that dies (its node lost) is
+    replaced by a fresh one, up to `attempts` actors per method."""
+    out = {}
+    for m in methods:
+        pool = ResilientPool(
+            EvalWorker,
+            1,
+            {**init, "measure": True},
+            num_gpus=num_gpus,
+            depth=1,
+            min_replacements=attempts - 1,
+            replace_fraction=0.0,
+        )
+        try:
+            for _, result in pool.map_unordered("memory", [(m, job)]):
+                out[m.name] = result
+        finally:
+            pool.shutdown()
     return out

@@ -2,7 +2,10 @@
 interpolant (and SMAT when evaluate.methods holds smat or smat_finetune), evaluate; each stage
 is skipped when its output is already complete, so a rerun finishes an interrupted pipeline.
 Every stage runs as its own `hyperflow` process, exactly the command a user would type (printed
-before it runs).
+before it runs). With `--workers N`, or whenever the pipeline runs inside a submitted Ray job,
+pretrain and every training stage are Ray Train runs on the cluster's workers (N, else
+train.workers, else 1), so the job's driver needs no GPU; otherwise they run here (`--nproc`
+torchrun ranks).
 
 DIR/target  DIR/store  DIR/drift/<interpolant>  DIR/smat  DIR/eval
 
@@ -14,18 +17,19 @@ object storage resumes like a local one.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
 
-from engine.pool import stage_env
+from engine.pool import JOB_CONFIG_VAR, stage_env
 from engine.storage import Location
 from hyperflow.config import load_config
 from hyperflow.errors import UserError
 from hyperflow.evaluation.plan import interpolants_for
 from hyperflow.smat import SMAT_METHODS
 from jobs.common import add_config_args, output, positive_int
-from jobs.train_state import CHECKPOINTS, complete_checkpoints
+from jobs.train.state import CHECKPOINTS, complete_checkpoints
 
 REPO = Path(__file__).resolve().parents[1]  # under `ray job submit`: the job's working_dir copy
 PACKAGES = ("engine", "hyperflow", "jobs")  # what the stages' actors import
@@ -34,7 +38,11 @@ PACKAGES = ("engine", "hyperflow", "jobs")  # what the stages' actors import
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config_args(p)
     p.add_argument("--out", required=True, help="run directory or URL")
-    p.add_argument("--workers", type=positive_int, help="Ray actors for collect and evaluate")
+    p.add_argument(
+        "--workers",
+        type=positive_int,
+        help="Ray actors for collect and evaluate, and Ray Train workers for pretrain and train",
+    )
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local one)")
     p.add_argument(
         "--nproc", type=positive_int, default=1, help="processes of pretrain and train (torchrun)"
@@ -49,6 +57,10 @@ def run(args: argparse.Namespace) -> None:
     ray = (["--workers", str(args.workers)] if args.workers else []) + (
         ["--address", args.address] if args.address else []
     )
+    ranks = ["--nproc", str(args.nproc)]
+    if args.workers or JOB_CONFIG_VAR in os.environ:  # training on the cluster (Ray Train)
+        n = args.workers or cfg.train.workers or 1
+        ranks = ["--workers", str(n)] + (["--address", args.address] if args.address else [])
     target, store, drift, evaluation = (out.child(n) for n in ("target", "store", "drift", "eval"))
     interpolants = interpolants_for(cfg.evaluate.methods)  # the drift networks evaluate needs
     smat = out.child("smat") if set(cfg.evaluate.methods) & set(SMAT_METHODS) else None
@@ -56,7 +68,7 @@ def run(args: argparse.Namespace) -> None:
     # stages
     # target.json, drift.json, smat.json and results.json are each their stage's last write
     if not _done(target, "target.json"):
-        _stage("pretrain", common + ["--out", target.url, "--nproc", str(args.nproc)])
+        _stage("pretrain", common + ["--out", target.url] + ranks)
     else:
         print(f"[pipeline] pretrain: {target.url} exists, skipping")
     # collect resumes by itself: it skips committed shards and says when the store is complete
@@ -71,7 +83,8 @@ def run(args: argparse.Namespace) -> None:
             "train",
             common
             + ["--store", store.url, "--target", target.url, "--out", d.url]
-            + ["--interpolant", interp, "--nproc", str(args.nproc)]
+            + ["--interpolant", interp]
+            + ranks
             + resume,
         )
     if smat is not None and _done(smat, "smat.json"):
@@ -82,7 +95,8 @@ def run(args: argparse.Namespace) -> None:
             "train",
             common
             + ["--method", "smat", "--store", store.url, "--target", target.url]
-            + ["--out", smat.url, "--nproc", str(args.nproc)]
+            + ["--out", smat.url]
+            + ranks
             + resume,
         )
     if not _done(evaluation, "results.json"):

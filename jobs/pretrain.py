@@ -7,6 +7,10 @@ classifier scale becomes the ProtoNet logit scale.
 `--nproc N` trains with N data-parallel ranks (and `--nnodes M --rdzv-endpoint HOST:PORT` across
 machines; jobs.launch): each rank sees its share of every epoch's batches, and the loss goes
 through the wrapped module's forward so that DDP syncs every gradient, the head's included.
+`--workers N [--min-workers M] [--address ADDR]` runs the same ranks as a Ray Train run on a
+cluster (jobs.train.ray_run; pretrain.cpus_per_worker / gpus_per_worker / max_failures). It
+keeps no mid-run checkpoint (minutes of work): a lost worker restarts the attempt from the start,
+and target.json records every attempt (`attempts`: world size, Ray node ids, cause of its end).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from hyperflow.errors import UserError
 from hyperflow.model import TargetModel, cosine_logits, save_target
 from jobs.common import add_config_args, output
 from jobs.launch import add_launch_arguments, needs_launch, relaunch
+from jobs.train.command import add_ray_arguments, check_ray_arguments
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -41,6 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="directory or URL (s3://bucket/prefix, ...) for target.safetensors + target.json",
     )
     add_launch_arguments(p)
+    add_ray_arguments(p)
 
 
 class _Classifier(torch.nn.Module):
@@ -56,24 +62,56 @@ class _Classifier(torch.nn.Module):
 
 
 def run(args: argparse.Namespace) -> None:
-    # config
+    # config: the model and data validate it before anything is written
     cfg = load_config(args.config, args.set)
-    pc = cfg.pretrain
+    check_ray_arguments(args)
+    TargetModel(cfg.target)
+    data = load_dataset(
+        cfg.data.dataset, cfg.target.image_size, cfg.target.channels, cfg.data.cache_dir
+    )
+    if not data.names("base"):
+        raise UserError(f"dataset {cfg.data.dataset!r} has no base domains to pretrain on")
+    out = output(args.out)  # a bad path, bucket or credentials: exit 2 before training
 
-    # setup: the model and data validate the config before anything is written
+    # setup: where the ranks run
+    if args.workers:
+        from engine.pool import connect
+        from jobs.train.ray_run import Resources, run_workers, worker_argv
+
+        connect(args.address)
+        config = {"argv": worker_argv(args.argv), "resume": False}
+        res = Resources.of(cfg.pretrain)
+        run_workers(_ray_worker, config, out, args.workers, args.min_workers, res)
+        return
+    if needs_launch(args):
+        sys.exit(relaunch(args))
+    pretrain_rank(args, cfg)
+
+
+def _ray_worker(config: dict) -> None:
+    from jobs.cli import build_parser
+    from jobs.train.ray_run import RayRun
+
+    args = build_parser(only="pretrain").parse_args(config["argv"])
+    pretrain_rank(args, load_config(args.config, args.set), RayRun(0, args.out))
+
+
+def pretrain_rank(args, cfg, ray_run=None) -> None:
+    """One rank of a pretraining run (this process alone, a torchrun rank or a Ray Train
+    worker, `ray_run`: jobs.train.ray_run.RayRun)."""
+    pc = cfg.pretrain
     set_seed(pc.seed)
     model = TargetModel(cfg.target)
     data = load_dataset(
         cfg.data.dataset, cfg.target.image_size, cfg.target.channels, cfg.data.cache_dir
     )
     base = data.names("base")
-    if not base:
-        raise UserError(f"dataset {cfg.data.dataset!r} has no base domains to pretrain on")
     images, labels, n_classes = _pool(data, base)
-    out = output(args.out)  # a bad path, bucket or credentials: exit 2 before training
-    if needs_launch(args):
-        sys.exit(relaunch(args))
+    out = output(args.out)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    attempts = None
+    if ray_run is not None:
+        attempts = ray_run.checkpoints(accelerator, {}, {}).attempts  # this attempt recorded
     net = _Classifier(model, n_classes)
     params = [{"params": model.parameters()}, {"params": [net.head], "weight_decay": 0.0}]
     opt = torch.optim.AdamW(params, lr=pc.lr, weight_decay=pc.weight_decay)
@@ -133,6 +171,7 @@ def run(args: argparse.Namespace) -> None:
             "base_domains": base,
             "steps": step,
             "world_size": accelerator.num_processes,
+            **({"attempts": attempts} if attempts is not None else {}),
             "train_seconds": round(seconds, 1),
             "base_episode_acc": round(val, 4),
             "run_config": to_dict(cfg),

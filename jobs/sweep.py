@@ -10,8 +10,10 @@ are skipped, so an interrupted sweep continues where it stopped.
 
 Writes DIR/scaling.md (a table: held-out accuracy with its 95% interval, and the share of
 bias-tuning's gain recovered on all held-out domains, on those whose shift family trajectories
-were collected under, and on the never-collected ones) and DIR/scaling.png (that recovery against
-trajectories, one line per size), and prints the rows as JSON.
+were collected under, and on the never-collected ones, each with its paired bootstrap 95%
+interval over episodes), DIR/scaling.json (one point per grid cell: store, size, records, training
+seed and the three recoveries as {"mean", "lo", "hi"}, the format of docs/scaling.json) and
+DIR/scaling.png (recovery against trajectories, one line per size), and prints the rows as JSON.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ import sys
 from engine.manifest import Manifest
 from engine.storage import location
 from hyperflow.config import load_config
-from hyperflow.drift.sizes import DRIFT_SIZES
 from hyperflow.errors import UserError
 from hyperflow.evaluation.plan import HYPERFLOW_METHODS
 from hyperflow.evaluation.scaling import plot_curve, summary_row
@@ -62,9 +63,8 @@ def run(args: argparse.Namespace) -> None:
     # config: every input checked before the first run starts
     cfg = load_config(args.config, args.set)
     sizes = args.sizes.split(",")
-    for s in sizes:
-        if s not in DRIFT_SIZES:
-            raise UserError(f"--sizes: unknown drift size {s!r}; choose from {sorted(DRIFT_SIZES)}")
+    for s in sizes:  # each point's config must load: the schema checks the size and its dims
+        load_config(args.config, [*args.set, f"train.size={s}"])
     records = _int_list(args.records, "--records")
     source(args.target, "--target")
     manifest = Manifest.load(source(args.store, "--store").url)
@@ -123,8 +123,17 @@ def run(args: argparse.Namespace) -> None:
 
     out.write_bytes("scaling.png", plot_curve(rows, reported))
     out.write_bytes("scaling.md", _markdown(rows, reported, base, collected).encode())
+    points = _points(rows, args.store, cfg.train.seed)
+    doc = {
+        "method": reported,
+        "episodes_per_domain": base["episodes_per_domain"],
+        "episode_seed": base["seed"],
+        "collected_shifts": collected,
+        "points": points,
+    }
+    out.write_bytes("scaling.json", json.dumps(doc, indent=1).encode())
     print(json.dumps({"method": reported, "collected_shifts": collected, "rows": rows}, indent=1))
-    print(f"wrote {out.url}/scaling.md and scaling.png", file=sys.stderr)
+    print(f"wrote {out.url}/scaling.md, scaling.json and scaling.png", file=sys.stderr)
 
 
 def _load_results(path: str, what: str) -> dict:
@@ -137,10 +146,30 @@ def _load_results(path: str, what: str) -> dict:
     return json.loads(location(parent).read_bytes(name))
 
 
+def _points(rows: list[dict], store: str, seed: int) -> list[dict]:
+    # docs/scaling.json's point: recoveries with their paired intervals (None without rows)
+    groups = {"heldout": "heldout", "collected": "collected", "never": "never_collected"}
+    return [
+        {"store": store, "size": r["size"], "records": r["records"], "seed": seed}
+        | {f"{name}_recovery": r[f"recovery_{key}_ci"] for key, name in groups.items()}
+        for r in rows
+    ]
+
+
+def _recovery_cell(row: dict, key: str) -> str:
+    pct = lambda v: "-" if v is None else f"{100 * v:.0f}"  # noqa: E731
+    value, ci = row[f"recovery_{key}"], row.get(f"recovery_{key}_ci")
+    if value is None:
+        return "-"
+    if ci is None:
+        return f"{pct(value)}%"
+    return f"{pct(value)}% [{pct(ci['lo'])}, {pct(ci['hi'])}]"
+
+
 def _markdown(rows: list[dict], method: str, base: dict, collected: list[str]) -> str:
-    pct = lambda v: "-" if v is None else f"{100 * v:.0f}%"  # noqa: E731
     lines = [
-        f"{method}: held-out accuracy (95% interval) and share of bias-tuning's gain recovered; "
+        f"{method}: held-out accuracy (95% interval) and share of bias-tuning's gain recovered "
+        "[paired bootstrap 95% interval over episodes; '-': unbounded]; "
         f"{base['episodes_per_domain']} episodes per domain, seed {base['seed']}; collected "
         f"shift families {collected}.",
         "",
@@ -151,7 +180,7 @@ def _markdown(rows: list[dict], method: str, base: dict, collected: list[str]) -
         lines.append(
             f"| {r['size']} | {r['params'] / 1e6:.2f}M | {r['records']} | "
             f"{100 * r['heldout']:.1f} ± {100 * r['heldout_ci95']:.1f} | "
-            f"{pct(r['recovery_heldout'])} | {pct(r['recovery_collected'])} | "
-            f"{pct(r['recovery_never'])} |"
+            f"{_recovery_cell(r, 'heldout')} | {_recovery_cell(r, 'collected')} | "
+            f"{_recovery_cell(r, 'never')} |"
         )
     return "\n".join(lines) + "\n"

@@ -9,6 +9,15 @@ from hyperflow.data.episodes import Episode, EpisodeSpec
 from hyperflow.model import TargetConfig, TargetModel
 
 
+def pytest_collection_modifyitems(config, items):
+    """Every test under tests/jobs is `slow`: they run `hyperflow` commands, Ray clusters and
+    torchrun ranks (minutes). `pytest -m "not slow"` (make test-fast) runs the unit tests."""
+    jobs = config.rootpath / "tests" / "jobs"
+    for item in items:
+        if item.path.is_relative_to(jobs):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def tiny_model() -> TargetModel:
     torch.manual_seed(0)

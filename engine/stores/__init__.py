@@ -76,32 +76,40 @@ def write_shard(
     object); the shard is invisible to readers until the driver commits the ShardInfo.
     """
     store, loc = _store(fmt), _loc(root)
-    assert _NAME.match(name), f"shard name {name!r} must match {_NAME.pattern}"
-    assert records, f"shard {name}: no records"
-    assert theta_dtype in (None, *THETA_DTYPES), (
-        f"theta_dtype {theta_dtype!r} not in {THETA_DTYPES}"
-    )
-    assert theta_encoding in THETA_ENCODINGS, f"unknown theta_encoding {theta_encoding!r}"
+    # records, names and settings come from the caller's simulator and config: ValueError
+    if not _NAME.match(name):
+        raise ValueError(f"shard name {name!r} must match {_NAME.pattern}")
+    if not records:
+        raise ValueError(f"shard {name}: no records")
+    if theta_dtype not in (None, *THETA_DTYPES):
+        raise ValueError(f"theta_dtype {theta_dtype!r} not in {THETA_DTYPES}")
+    if theta_encoding not in THETA_ENCODINGS:
+        raise ValueError(f"unknown theta_encoding {theta_encoding!r}")
     recs = []
     for r in records:
         validate_record(r)
         if theta_dtype is not None and r.theta.dtype != theta_dtype:
             with np.errstate(over="ignore"):  # overflow is reported just below
                 r = replace(r, theta=r.theta.astype(theta_dtype))
-            assert np.isfinite(r.theta).all(), f"record {r.id}: theta overflows {theta_dtype}"
+            if not np.isfinite(r.theta).all():
+                raise ValueError(f"record {r.id}: theta overflows {theta_dtype}")
         recs.append(r)
     ids = [r.id for r in recs]
-    assert len(set(ids)) == len(ids), f"shard {name}: record ids repeat"
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"shard {name}: record ids repeat")
     r0 = recs[0]
     for r in recs:  # one theta layout and image size per shard (arrays are stacked)
-        assert r.theta.shape == r0.theta.shape and r.theta.dtype == r0.theta.dtype, (
-            f"shard {name}: record {r.id} theta {r.theta.dtype}{r.theta.shape} "
-            f"!= {r0.theta.dtype}{r0.theta.shape}"
-        )
-        assert r.support.shape[1:] == r0.support.shape[1:], (
-            f"shard {name}: record {r.id} image {r.support.shape[1:]} != {r0.support.shape[1:]}"
-        )
-    assert loc.exists(MANIFEST), f"no store at {loc.url}: call open_store({loc.url!r}) first"
+        if r.theta.shape != r0.theta.shape or r.theta.dtype != r0.theta.dtype:
+            raise ValueError(
+                f"shard {name}: record {r.id} theta {r.theta.dtype}{r.theta.shape} "
+                f"!= {r0.theta.dtype}{r0.theta.shape}"
+            )
+        if r.support.shape[1:] != r0.support.shape[1:]:
+            raise ValueError(
+                f"shard {name}: record {r.id} image {r.support.shape[1:]} != {r0.support.shape[1:]}"
+            )
+    if not loc.exists(MANIFEST):
+        raise ValueError(f"no store at {loc.url}: call open_store({loc.url!r}) first")
     key = store.shard_key(name)
     objects = store.encode(key, recs, theta_encoding)  # store-relative key -> bytes
     for k, data in objects.items():

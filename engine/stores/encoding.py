@@ -19,9 +19,9 @@ _UINT = {"float16": np.uint16, "float32": np.uint32}
 
 
 def _order(encoding: str) -> int:
-    assert encoding in THETA_ENCODINGS, (
-        f"unknown theta encoding {encoding!r}; known: {sorted(THETA_ENCODINGS)}"
-    )
+    # the name comes from a caller or from a stored shard's header: not an invariant
+    if encoding not in THETA_ENCODINGS:
+        raise ValueError(f"unknown theta encoding {encoding!r}; known: {sorted(THETA_ENCODINGS)}")
     return THETA_ENCODINGS[encoding]
 
 
@@ -41,10 +41,12 @@ def decode_theta(stored: np.ndarray, encoding: str, dtype: str) -> np.ndarray:
     """Inverse of encode_theta: stored [..., T+1, P] -> theta of `dtype` [..., T+1, P]."""
     k = _order(encoding)
     if k == 0:
-        assert stored.dtype.name == dtype, f"raw theta stored as {stored.dtype}, expected {dtype}"
+        if stored.dtype.name != dtype:
+            raise ValueError(f"raw theta stored as {stored.dtype}, expected {dtype}")
         return stored
     u = _UINT[dtype]
-    assert stored.dtype == u, f"{encoding} theta must be stored as {np.dtype(u).name}"
+    if stored.dtype != u:
+        raise ValueError(f"{encoding} theta must be stored as {np.dtype(u).name}")
     x = stored.copy()
     for _ in range(k):  # == np.cumsum(x, axis=-2, dtype=u), but row adds are ~15x faster
         for t in range(1, x.shape[-2]):

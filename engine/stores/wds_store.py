@@ -155,6 +155,24 @@ class WdsStore:
         return WdsShardReader(loc, key)
 
 
+def record_of(member) -> TrajectoryRecord:
+    """The record of one sample; member(ext) gives a member's bytes, .gz ones inflated."""
+    head = json.loads(member("json"))
+    if head["schema_version"] != SCHEMA_VERSION:  # a file of another engine version
+        raise ValueError(f"record schema {head['schema_version']}, not {SCHEMA_VERSION}")
+    t = head["theta"]
+    theta = "theta.npy" if t["encoding"] == "raw" else "theta.npy.gz"  # see _members
+    return TrajectoryRecord(
+        id=head["id"],
+        episode=head["episode"],
+        support=_load_npy(member("support.npy.gz")),
+        labels=_load_npy(member("labels.npy")),
+        theta=decode_theta(_load_npy(member(theta)), t["encoding"], t["dtype"]),
+        loss=_load_npy(member("loss.npy")),
+        meta=head["meta"],
+    )
+
+
 class WdsShardReader:
     """Random access to the samples of one tar via the member offsets (headers read once)."""
 
@@ -193,20 +211,9 @@ class WdsShardReader:
         return zlib.decompress(data, wbits=31) if ext.endswith(".gz") else data  # one gzip member
 
     def read(self, i: int) -> TrajectoryRecord:
-        assert 0 <= i < len(self), f"record index {i} out of range [0, {len(self)})"
-        head = json.loads(self._member(i, "json"))
-        assert head["schema_version"] == SCHEMA_VERSION, f"schema {head['schema_version']}"
-        t = head["theta"]
-        theta = "theta.npy" if t["encoding"] == "raw" else "theta.npy.gz"  # see _members
-        return TrajectoryRecord(
-            id=head["id"],
-            episode=head["episode"],
-            support=_load_npy(self._member(i, "support.npy.gz")),
-            labels=_load_npy(self._member(i, "labels.npy")),
-            theta=decode_theta(_load_npy(self._member(i, theta)), t["encoding"], t["dtype"]),
-            loss=_load_npy(self._member(i, "loss.npy")),
-            meta=head["meta"],
-        )
+        if not 0 <= i < len(self):
+            raise IndexError(f"record index {i} out of range [0, {len(self)})")
+        return record_of(lambda ext: self._member(i, ext))
 
     def close(self) -> None:
         if isinstance(self._buf, mmap.mmap):

@@ -147,7 +147,8 @@ class ZarrShardReader:
         # a local group through zarr's LocalStore, anything else through its fsspec store
         g = zarr.open_group(loc.local_path() or loc.url, mode="r")
         a = g.attrs.asdict()
-        assert a["schema_version"] == SCHEMA_VERSION, f"{loc.url}: schema {a['schema_version']}"
+        if a["schema_version"] != SCHEMA_VERSION:  # a file of another engine version
+            raise ValueError(f"{loc.url}: schema {a['schema_version']}, not {SCHEMA_VERSION}")
         self._attrs = a
         self._theta = _RowCache(g["theta"], theta_cache_bytes)  # [R, T+1, P]
         self._support = _RowCache(g["support"], support_cache_bytes)  # [sumN, C, H, W]
@@ -159,7 +160,8 @@ class ZarrShardReader:
         return self._attrs["records"]
 
     def read(self, i: int) -> TrajectoryRecord:
-        assert 0 <= i < len(self), f"record index {i} out of range [0, {len(self)})"
+        if not 0 <= i < len(self):
+            raise IndexError(f"record index {i} out of range [0, {len(self)})")
         t = self._attrs["theta"]
         lo, hi = int(self._offsets[i]), int(self._offsets[i + 1])
         return TrajectoryRecord(

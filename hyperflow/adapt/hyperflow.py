@@ -21,7 +21,7 @@ from hyperflow.data.episodes import Episode
 from hyperflow.drift import DriftNet, load_drift
 from hyperflow.errors import UserError
 from hyperflow.model import TargetModel
-from hyperflow.solvers import integrate
+from hyperflow.solvers import integrate, time_grid
 
 
 def find_drift_dirs(path: str | os.PathLike) -> dict[str, str]:
@@ -74,12 +74,28 @@ def adapted_theta(
     support = [(model.preprocess(episode.support_x), episode.support_y)]
     task = net.encode_tasks(support, chunk)  # [1, D]
     theta0 = get_theta(model.backbone, model.layout).unsqueeze(0)  # [1, P]
+    T = float(net.horizon)
+    drift = _drift(net, task, time_grid(T, steps, theta0))
+    out = integrate(drift, theta0, T, steps, solver, return_path=return_path)
+    return out[1][:, 0] if return_path else out[0]
+
+
+def _drift(net: DriftNet, task, grid: torch.Tensor):
+    # drift(t, theta [1, P]) for the solver. A DriftNet computes what does not change along the
+    # path once: its task terms here, the time terms of every grid time [steps + 1] in one batch
+    # (a stage time off the grid computes its own). Any other module is called as forward.
+    if not hasattr(net, "prepare"):  # stand-ins that only implement forward(theta, t, task)
+        return lambda t, theta: net(theta, t.reshape(1).expand(theta.shape[0]), task)
+    prepared = net.prepare(task)
+    rows = net.time_rows(prepared, grid)
+    row_of = {float(t): k for k, t in enumerate(grid)}
 
     def drift(t: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-        return net(theta, t.reshape(1).expand(theta.shape[0]), task)
+        k = row_of.get(float(t))
+        here = rows.row(k) if k is not None else net.time_rows(prepared, t.reshape(1))
+        return net.velocity(theta, prepared, here)
 
-    out = integrate(drift, theta0, float(net.horizon), steps, solver, return_path=return_path)
-    return out[1][:, 0] if return_path else out[0]
+    return drift
 
 
 def adapt_hyperflow(

@@ -1,7 +1,8 @@
 """Few-shot episodes: seeded samplers that emit serialisable specs, and building specs into tensors.
 
 An EpisodeSpec names everything needed to rebuild an episode bit for bit (domain, class ids,
-image ids, optional on-the-fly shift and its seed), so every trajectory can point back to it.
+image ids, optional on-the-fly shift and its seed, and for the `procedural` family the
+composition of primitives drawn for the episode), so every trajectory can point back to it.
 Support and query images are listed class by class in the order of spec.classes; the label of
 an image is the position of its class in spec.classes.
 
@@ -21,6 +22,12 @@ import numpy as np
 import torch
 
 from hyperflow.data.dataset import Dataset, Domain
+from hyperflow.data.procedural import (
+    PROCEDURAL_NAME,
+    Primitive,
+    apply_composition,
+    episode_composition,
+)
 from hyperflow.data.shifts import SHIFTS, apply_shift
 from hyperflow.errors import UserError
 
@@ -35,9 +42,16 @@ class EpisodeSpec:
     query: tuple[int, ...]
     shift: str | None = None  # shift family applied on the fly when building; None = none
     seed: int = 0  # seeds the on-the-fly shift
+    # shift "procedural": the primitives drawn for this episode, in order (procedural.py);
+    # empty otherwise, and then absent from to_dict, so other specs serialise as they always did
+    composition: tuple[Primitive, ...] = ()
 
     def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        d = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        d.pop("composition")
+        if self.composition:
+            d["composition"] = [p.to_dict() for p in self.composition]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> EpisodeSpec:
@@ -45,8 +59,13 @@ class EpisodeSpec:
         if not {"domain", "classes", "support", "query"} <= set(d) or not set(d) <= keys:
             raise UserError(f"not an episode spec (keys {sorted(d)}; expected {sorted(keys)})")
         ints = {k: tuple(int(i) for i in d[k]) for k in ("classes", "support", "query")}
+        steps = tuple(Primitive.from_dict(p) for p in d.get("composition", ()))
         return cls(
-            domain=str(d["domain"]), shift=d.get("shift"), seed=int(d.get("seed", 0)), **ints
+            domain=str(d["domain"]),
+            shift=d.get("shift"),
+            seed=int(d.get("seed", 0)),
+            composition=steps,
+            **ints,
         )
 
     def to_json(self) -> str:
@@ -109,24 +128,33 @@ def _check_domain(domain: Domain, way: int, per_class: int, what: str) -> list[n
     return np.split(order, np.cumsum(counts)[:-1])
 
 
-def _spec(domain, classes, per_class_images, shots, shift, seed) -> EpisodeSpec:
+def _spec(domain, classes, per_class_images, shots, shift, seed, exclude) -> EpisodeSpec:
     support = [int(i) for imgs, k in zip(per_class_images, shots) for i in imgs[:k]]
     query = [int(i) for imgs, k in zip(per_class_images, shots) for i in imgs[k:]]
     classes = tuple(int(c) for c in classes)
-    return EpisodeSpec(domain.name, classes, tuple(support), tuple(query), shift, seed)
+    # drawn from the seed on a stream of its own: the images picked stay those of other shifts
+    steps = episode_composition(seed, exclude) if shift == PROCEDURAL_NAME else ()
+    return EpisodeSpec(domain.name, classes, tuple(support), tuple(query), shift, seed, steps)
 
 
 def sample_episode(
-    domain: Domain, seed: int, way: int, shot: int, query: int, shift: str | None = None
+    domain: Domain,
+    seed: int,
+    way: int,
+    shot: int,
+    query: int,
+    shift: str | None = None,
+    exclude: tuple[str, ...] = (),
 ) -> EpisodeSpec:
-    """An N-way K-shot episode with `query` query images per class, drawn from seed."""
+    """An N-way K-shot episode with `query` query images per class, drawn from seed; `exclude`:
+    primitives a procedural composition may not use."""
     _check_sizes(way=way, shot=shot, query=query)
     _check_shift(shift)
     by_class = _check_domain(domain, way, shot + query, "shot+query")
     rng = np.random.default_rng(seed)
     classes = rng.choice(domain.num_classes, way, replace=False)
     picks = [rng.choice(by_class[c], shot + query, replace=False) for c in classes]
-    return _spec(domain, classes, picks, [shot] * way, shift, seed)
+    return _spec(domain, classes, picks, [shot] * way, shift, seed, exclude)
 
 
 def sample_variable_episode(
@@ -137,6 +165,7 @@ def sample_variable_episode(
     query: int = 5,
     min_way: int = 5,
     shift: str | None = None,
+    exclude: tuple[str, ...] = (),
 ) -> EpisodeSpec:
     """A variable-way, class-imbalanced episode (formula in the module docstring)."""
     _check_sizes(min_way=min_way, max_way=max_way, max_shot=max_shot, query=query)
@@ -152,7 +181,7 @@ def sample_variable_episode(
         min(int(np.exp(s)), max_shot, len(by_class[c]) - query) for s, c in zip(log_shot, classes)
     ]
     picks = [rng.choice(by_class[c], k + query, replace=False) for c, k in zip(classes, shots)]
-    return _spec(domain, classes, picks, shots, shift, seed)
+    return _spec(domain, classes, picks, shots, shift, seed, exclude)
 
 
 def _labels(domain: Domain, spec: EpisodeSpec, idx: tuple[int, ...]) -> torch.Tensor:
@@ -175,9 +204,12 @@ def build_episode(dataset: Dataset, spec: EpisodeSpec) -> Episode:
     query_x = domain.images[np.asarray(spec.query, dtype=np.int64)]
     if spec.shift is not None:
         # one call over support + query: per-image parameters, one reproducible stream
-        both = apply_shift(
-            spec.shift, np.concatenate([support_x, query_x]), [spec.seed, _SHIFT_STREAM]
-        )
+        both, stream = np.concatenate([support_x, query_x]), [spec.seed, _SHIFT_STREAM]
+        if spec.shift == PROCEDURAL_NAME:  # the recorded composition, else the seed's
+            steps = spec.composition or episode_composition(spec.seed)
+            both = apply_composition(both, steps, np.random.default_rng(stream))
+        else:
+            both = apply_shift(spec.shift, both, stream)
         support_x, query_x = both[: len(support_x)], both[len(support_x) :]
     return Episode(
         spec=spec,
@@ -200,6 +232,7 @@ class EpisodeSampler:
     seed: int
     variable: bool = False  # variable way (5..way) and class-imbalanced shots (1..shot)
     shifts: tuple[str, ...] = field(default=())  # if set, one family drawn per episode
+    exclude: tuple[str, ...] = field(default=())  # primitives procedural episodes may not use
 
     def __post_init__(self):
         if not self.domains:
@@ -232,5 +265,8 @@ class EpisodeSampler:
                 query=self.query,
                 min_way=min(5, self.way),
                 shift=shift,
+                exclude=self.exclude,
             )
-        return sample_episode(domain, episode_seed, self.way, self.shot, self.query, shift)
+        return sample_episode(
+            domain, episode_seed, self.way, self.shot, self.query, shift, self.exclude
+        )

@@ -8,8 +8,9 @@ means the same visual strength at 32x32 and 84x84.
 Polarity: images are assumed bright-object-on-dark (the glyphs convention). `clutter` puts
 its strokes/texture *behind* the bright object (max-combine) and `thick` dilates bright strokes.
 
-Families that trajectory collection may use are COLLECTION_SHIFTS; `invert` and `clutter` are
-never used there, so held-out results on those families measure generalisation honestly.
+Families that trajectory collection may use are COLLECTION_SHIFTS: every family but the held-out
+ones (hyperflow/heldout.py: `invert`, `clutter`, `elastic`), which are never used there, so
+held-out results on those families measure generalisation honestly.
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from hyperflow.data.procedural import PROCEDURAL_NAME as PROCEDURAL
+from hyperflow.data.procedural import procedural
 from hyperflow.errors import UserError
+from hyperflow.heldout import HELD_OUT_SHIFTS
 
 Range = tuple[float, float]
 
@@ -219,10 +223,13 @@ SHIFTS: dict[str, ShiftFn] = {
     "elastic": elastic,
     "thick": thick,
     "tone": tone,
+    # a composition of primitives per episode (procedural.py); episode specs record it
+    PROCEDURAL: procedural,
 }
 
-# families trajectory collection may draw from; the rest stay unseen until evaluation
-COLLECTION_SHIFTS: tuple[str, ...] = ("noise", "blur", "contrast", "elastic", "thick", "tone")
+# families trajectory collection may draw from: derived, so a new family is collectable unless
+# it is added to HELD_OUT_SHIFTS; the held-out ones stay unseen until evaluation
+COLLECTION_SHIFTS: tuple[str, ...] = tuple(n for n in SHIFTS if n not in HELD_OUT_SHIFTS)
 
 
 def apply_shift(

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from hyperflow.bias import BiasLayout
 from hyperflow.drift.layers import FiLMBlock, LayerGroups, LayerwiseIn, LayerwiseOut, zero_linear
+from hyperflow.drift.prepared import Prepared, TimeRows, prepare, time_rows, velocity
 from hyperflow.drift.site_stats import STATS, support_site_stats
 from hyperflow.drift.sizes import DRIFT_SIZES, DriftConfig, DriftSize
 from hyperflow.drift.task import PrototypePooling, Task
@@ -192,6 +193,20 @@ class DriftNet(nn.Module):
         local = self.local(torch.cat([*local_in, ctx], dim=-1)).squeeze(-1)  # [B, P]
         unit = self.out(self.head(h)) + local  # [B, P], unit-scale velocity
         return unit * self.velocity_scale[self.layer_index]
+
+    def prepare(self, task: Task) -> Prepared:
+        """What forward computes from the task and weights alone, for `velocity` (prepared.py):
+        once per episode instead of once per solver step."""
+        return prepare(self, task)
+
+    def time_rows(self, prepared: Prepared, t: Tensor) -> TimeRows:
+        """The time-only terms at t [S] (S = B, or S times of one episode, B = 1)."""
+        embedding = prepared.embedding.expand(t.shape[0], -1)  # [S, task_dim]
+        return time_rows(self, embedding, t)
+
+    def velocity(self, theta: Tensor, prepared: Prepared, rows: TimeRows) -> Tensor:
+        """forward(theta [B, P], t, task) from prepare(task) and time_rows(., t) rows [B]."""
+        return velocity(self, theta, prepared, rows)
 
     @torch.no_grad()
     def fit_normalizer(

@@ -47,14 +47,21 @@ def support_site_stats(
     class_episode = torch.repeat_interleave(torch.arange(len(labels), device=dev), ways)  # [Cg]
     ends = [e.offset + e.numel for e in layout.entries]
     assert [e.offset for e in layout.entries] == [0, *ends[:-1]], "layout must be contiguous"
-    moments: dict[int, tuple[Tensor, Tensor]] = {}  # layout entry -> per-image (m, q) [n, n_l]
+    L = len(layout.entries)
+    numel = torch.tensor([e.numel for e in layout.entries], device=dev)  # [L]
+    moments: dict[int, tuple[Tensor, Tensor, int]] = {}  # entry -> per-image sum, norm [n, n_l]
     parts, m_parts, q_parts = [], [], []
     with site_hooks(backbone, layout, lambda i, _entry, axis: _moments_hook(moments, i, axis)):
         for x in images.split(chunk) if chunk > 0 else [images]:
             parts.append(backbone(x))
-            # all layers at once: per image, per coordinate mean m and mean square q [n, P]
-            m_parts.append(torch.cat([moments[i][0] for i in range(len(layout.entries))], dim=1))
-            q_parts.append(torch.cat([moments[i][1] for i in range(len(layout.entries))], dim=1))
+            count = [moments[i][2] for i in range(L)]  # positions per channel of each layer
+            counts = torch.tensor(count, dtype=torch.float32, device=dev).repeat_interleave(numel)
+            # all layers at once: per image, per coordinate mean m and mean square q [n, P]; as
+            # x.mean (a sum divided by the count on CPU) and norm^2 / count per layer would be
+            sums = torch.cat([moments[i][0] for i in range(L)], dim=1)
+            norms = torch.cat([moments[i][1] for i in range(L)], dim=1)
+            m_parts.append(sums / counts)
+            q_parts.append(norms.pow(2) / counts)
     features, m, q = torch.cat(parts), torch.cat(m_parts), torch.cat(q_parts)
     B = len(labels)
     mu = _segment_mean(m, episode, B)  # [B, P]
@@ -67,15 +74,20 @@ def support_site_stats(
 
 def _moments_hook(moments: dict, index: int, axis: int):
     def hook(_module, _inputs, out: Tensor) -> None:
-        # out [N, ..., C, ...] -> per image, per channel mean and mean square [N, C]. Reductions
-        # over the other axes in place: no channels-last copy, no squared temporary (the hooks
-        # ran at ~40% of the adaptation's time and peak memory with them)
+        # out [N, ..., C, ...] -> per image, per channel sum and 2-norm [N, C] and the count of
+        # positions summed. Reductions over the other axes in place: no channels-last copy, no
+        # squared temporary (the hooks ran at ~40% of the adaptation's time and peak memory with
+        # them); dividing by the count is left to one op over all layers (~60 fewer small ops a
+        # pass, same values)
         x = out.detach()
         dims = [d for d in range(1, x.dim()) if d != axis % x.dim()]
         count = x[0].numel() // x.shape[axis]
-        mean = x.mean(dim=dims, dtype=torch.float32) if dims else x.float()
-        norm = torch.linalg.vector_norm(x, dim=dims, dtype=torch.float32) if dims else x.abs()
-        moments[index] = (mean, norm.pow(2) / count if dims else norm.pow(2))
+        if dims:
+            sums = x.sum(dim=dims, dtype=torch.float32)
+            norms = torch.linalg.vector_norm(x, dim=dims, dtype=torch.float32)
+        else:
+            sums, norms = x.float(), x.abs().float()
+        moments[index] = (sums, norms, count)
 
     return hook
 

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 
-from hyperflow.errors import UserError
-from hyperflow.interpolants import check_interpolant
+from hyperflow.config import check_drift_keys
 
 
 @dataclass(frozen=True)
@@ -46,27 +45,11 @@ class DriftConfig:
     time_dim: int | None = None
 
     def validate(self) -> None:
-        if self.size not in DRIFT_SIZES:
-            sizes = sorted(DRIFT_SIZES)
-            raise UserError(f"unknown drift size {self.size!r}; choose one of {sizes}")
-        for name in DIMS:
-            value = getattr(self, name)
-            if value is not None and (type(value) is not int or value < 1):
-                raise UserError(
-                    f"train.{name} must be an int >= 1 (or null: the {self.size!r} preset's), "
-                    f"got {value!r}"
-                )
-        if self.time_dim is not None and self.time_dim % 2:
-            # the time features are sin and cos of time_dim / 2 frequencies
-            raise UserError(f"train.time_dim must be even, got {self.time_dim!r}")
-        if not isinstance(self.encoder, str) or not self.encoder:
-            raise UserError(f"drift encoder must be 'target' or a timm name, got {self.encoder!r}")
-        check_interpolant(self.interpolant)
-        if self.site_stats and self.encoder != "target":
-            raise UserError(
-                f"site statistics are read from the target backbone; with drift encoder "
-                f"{self.encoder!r} set train.site_stats=false"
-            )
+        """UserError naming `train.<key>` unless the config schema admits these keys (the one
+        implementation of the checks, for configs and drift.json alike)."""
+        check_drift_keys(
+            {k: getattr(self, k) for k in ("size", "encoder", "interpolant", "site_stats", *DIMS)}
+        )
 
     def dims(self) -> DriftSize:
         """The preset's dimensions, overridden by the explicit ones."""

@@ -11,12 +11,26 @@ reset_peak_memory_stats.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-MEASURE_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}  # glibc reads it at process start
+MMAP_THRESHOLD = 65536  # bytes; glibc's M_MMAP_THRESHOLD
+_M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
+
+
+def map_large_blocks() -> bool:
+    """Make this process's glibc map blocks >= MMAP_THRESHOLD on their own (see above); False
+    where there is no glibc (the figure then includes heap slack)."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+    except (OSError, AttributeError, TypeError):
+        return False
 
 
 def _status_kib(field: str) -> int:

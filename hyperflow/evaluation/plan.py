@@ -7,7 +7,6 @@ disjoint seed range.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -18,7 +17,6 @@ from hyperflow.data.episodes import sample_episode
 from hyperflow.errors import UserError
 from hyperflow.evaluation.worker import EpisodeJob, MethodSpec
 from hyperflow.smat.adapt import SMAT_METHODS
-from hyperflow.solvers import SOLVERS
 
 HYPERFLOW_METHODS = {
     "hyperflow_linear": "linear",
@@ -42,8 +40,6 @@ def episode_jobs(
 ) -> list[EpisodeJob]:
     """n episodes per domain, each seeded from (seed, domain index, offset + episode index);
     with `shifts`, each episode's images get one family drawn from them, as collection's do."""
-    if n < 1:
-        raise UserError(f"--episodes must be at least 1, got {n}")
     jobs = []
     for d_idx, name in enumerate(domains):
         for i in range(offset, offset + n):
@@ -70,17 +66,7 @@ def method_specs(
     """Expand method names into runnable variants; hyperflow methods once per solver step count
     (encoding the support `chunk` images at a time, 0: all at once), each with an `_ls` twin that
     line-searches `step_scales`; SMAT methods need `smat`, the trained SMAT's location (--smat)."""
-    if chunk < 0:
-        raise UserError(f"evaluate.encode_chunk must be >= 0 (0: whole support set), got {chunk}")
-    # the scales matter only to _ls methods: a bad list must not stop an evaluation without one
-    searching = any(n.endswith(LINE_SEARCH) and hyperflow_base(n) for n in names)
-    scales = check_step_scales(step_scales) if searching else ()
-    if any(hyperflow_base(name) for name in names):  # fail here, not in a Ray actor
-        if solver not in SOLVERS:
-            raise UserError(f"evaluate.solver {solver!r} unknown; choose one of {sorted(SOLVERS)}")
-        bad = [k for k in solver_steps if isinstance(k, bool) or not isinstance(k, int) or k < 1]
-        if bad or not solver_steps:
-            raise UserError(f"evaluate.solver_steps must be integers >= 1, got {solver_steps}")
+    # chunk, solver, solver_steps and step_scales were checked by the config schema
     specs = []
     for name in names:
         if name in GRADIENT_METHODS:
@@ -89,7 +75,7 @@ def method_specs(
             )
         elif base := hyperflow_base(name):
             interp = HYPERFLOW_METHODS[base]
-            searched = scales if name != base else ()
+            searched = tuple(float(x) for x in step_scales) if name != base else ()
             if interp not in drifts:
                 raise UserError(
                     f"method {name!r} needs a drift network trained with interpolant {interp!r}; "
@@ -112,14 +98,6 @@ def method_specs(
             valid = sorted(GRADIENT_METHODS) + hyperflow + sorted(SMAT_METHODS)
             raise UserError(f"unknown method {name!r}; choose from {valid}")
     return specs
-
-
-def check_step_scales(scales: Sequence[float]) -> tuple[float, ...]:
-    """The line-search scales as floats; refuses an empty list or a scale not a number > 0."""
-    numbers = all(isinstance(s, int | float) and not isinstance(s, bool) for s in scales)
-    if not scales or not numbers or not all(math.isfinite(s) and s > 0 for s in scales):
-        raise UserError(f"evaluate.step_scales must be a non-empty list of numbers > 0: {scales}")
-    return tuple(float(s) for s in scales)
 
 
 def hyperflow_base(name: str) -> str | None:

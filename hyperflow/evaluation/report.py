@@ -1,4 +1,10 @@
-"""Turn evaluation rows into results.json (DESIGN section 5) and a markdown table."""
+"""Turn evaluation rows into results.json (DESIGN section 5) and a markdown table.
+
+Beyond section 5, each method keeps its per-episode accuracies ("episodes": [{"id", "domain",
+"seed", "acc"}], id = the episode's index within its domain, seed = the episode's seed) and the
+results hold "paired": each method's difference to direct transfer and its recovery of
+bias-tuning's gain on the held-out domains, with paired bootstrap 95% intervals (paired.py).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import json
 from collections import defaultdict
 
 from engine.storage import Location
+from hyperflow.evaluation.paired import RESAMPLES, SEED, paired_intervals
 from hyperflow.evaluation.stats import mean_ci95
 from hyperflow.evaluation.worker import MethodSpec
 
@@ -21,9 +28,13 @@ def summarize(
     memory: method -> {"bytes", "device"} from EvalWorker.memory."""
     acc = defaultdict(lambda: defaultdict(list))
     secs = defaultdict(list)
-    for r in sorted(rows, key=lambda r: (r["method"], r["domain"], r["index"])):
+    episodes = defaultdict(list)
+    order = {d: i for i, d in enumerate(domains)}
+    for r in sorted(rows, key=lambda r: (r["method"], order[r["domain"]], r["index"])):
         acc[r["method"]][r["domain"]].append(r["acc"])
         secs[r["method"]].append(r["seconds"])
+        row = {"id": r["index"], "domain": r["domain"], "seed": r.get("seed"), "acc": r["acc"]}
+        episodes[r["method"]].append(row)
     out = {**header, "domains": domains, "methods": {}}
     for m in methods:
         per_domain = {d: mean_ci95(acc[m.name][d]) for d in domains if acc[m.name][d]}
@@ -39,8 +50,24 @@ def summarize(
             # cost in floors: support-set forward passes (None: also backward passes)
             "support_forwards": m.support_forwards(),
             "lr": m.lr if m.kind not in ("hyperflow", "direct", "smat") else None,
+            "episodes": episodes[m.name],
         }
     return out
+
+
+def add_paired(results: dict, resamples: int = RESAMPLES, seed: int = SEED) -> dict:
+    """results with "paired": every method's difference to direct and recovery on the held-out
+    domains (all domains if none is held-out), {"mean", "lo", "hi"} each; a method whose rows are
+    missing (copied from results written before rows were kept) gets null."""
+    doms = results["domains"]
+    group = [d for d in doms if doms[d]["split"] == "heldout"] or list(doms)
+    methods = {}
+    if "direct" in results["methods"] and "bias_tuning" in results["methods"]:
+        for name in results["methods"]:
+            iv = paired_intervals(results, name, group, resamples, seed)
+            methods[name] = {k: v.to_dict() for k, v in iv.items()} if iv else None
+    paired = {"domains": group, "resamples": resamples, "seed": seed, "methods": methods}
+    return {**results, "paired": paired}
 
 
 def _split_mean(per_domain: dict, domains: dict, split: str) -> float | None:
@@ -73,7 +100,33 @@ def markdown(results: dict) -> str:
         floors = m.get("support_forwards")  # absent from results written before it existed
         cells.append(str(floors) if floors is not None else "-")
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _paired_lines(results.get("paired"))) + "\n"
+
+
+def _paired_lines(paired: dict | None) -> list[str]:
+    if not paired or not paired["methods"]:
+        return []
+    pts = lambda v: "-" if v is None else f"{100 * v:+.1f}"  # noqa: E731
+    pct = lambda v: "-" if v is None else f"{100 * v:.0f}%"  # noqa: E731
+    lines = [
+        "",
+        f"Paired 95% intervals on {', '.join(paired['domains'])} (mean of domain means; "
+        f"bootstrap over episodes within each domain, {paired['resamples']} resamples, seed "
+        f"{paired['seed']}; '-': unbounded or not available):",
+        "",
+        "| method | - direct (points) | 95% interval | recovery | 95% interval |",
+        "|---|---|---|---|---|",
+    ]
+    for name, iv in paired["methods"].items():
+        if iv is None:
+            lines.append(f"| {name} | no per-episode rows | - | - | - |")
+            continue
+        d, r = iv["diff"], iv["recovery"]
+        lines.append(
+            f"| {name} | {pts(d['mean'])} | [{pts(d['lo'])}, {pts(d['hi'])}] | "
+            f"{pct(r['mean'])} | [{pct(r['lo'])}, {pct(r['hi'])}] |"
+        )
+    return lines
 
 
 def write_report(results: dict, out: Location) -> None:

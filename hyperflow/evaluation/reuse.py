@@ -5,6 +5,9 @@ gradient baselines on them depend only on the target, the episodes and their lea
 `hyperflow evaluate --reuse PREVIOUS` copies their entries instead of re-running them. What must
 match is checked, not assumed: the target's weights (digest), the dataset, the episodes (seed,
 count per domain, way, shot, shifts) and the domains; a mismatch is an error naming the field.
+The per-episode rows come along (paired intervals need them) and must name exactly the episodes
+of this evaluation (domain, index, seed); results written before rows were kept are still
+copied, without paired intervals.
 """
 
 from __future__ import annotations
@@ -17,6 +20,27 @@ from hyperflow.errors import UserError
 
 # header fields that fix the episodes every method is evaluated on
 EPISODE_FIELDS = ("dataset", "target_id", "seed", "episodes_per_domain", "way", "shot", "shifts")
+
+
+def check_same_episodes(reused: dict, jobs: list, path: str) -> list[str]:
+    """UserError unless every reused method's per-episode rows are exactly `jobs` (EpisodeJobs:
+    domain, index, seed); returns the reused methods that have no rows (older results)."""
+    want = sorted((j.domain, j.index, j.seed) for j in jobs)
+    missing = []
+    for name, entry in reused.items():
+        if "episodes" not in entry:
+            missing.append(name)
+            continue
+        got = sorted((r["domain"], r["id"], r["seed"]) for r in entry["episodes"])
+        if got != want:
+            extra = sorted(set(got) - set(want))[:3]
+            lacking = sorted(set(want) - set(got))[:3]
+            raise UserError(
+                f"--reuse {path!r}: the per-episode rows of {name} are not this evaluation's "
+                f"episodes ({len(got)} rows, {len(want)} episodes; not evaluated here: {extra}, "
+                f"absent there: {lacking})"
+            )
+    return missing
 
 
 def load_reusable(path: str, header: dict, domains: list[str], wanted: list[str]) -> dict:

@@ -19,7 +19,7 @@ from hyperflow.adapt.simulate import simulate, support_loss
 from hyperflow.bias import get_theta
 from hyperflow.data import load_dataset
 from hyperflow.data.episodes import EpisodeSpec, build_episode
-from hyperflow.evaluation.memory import peak_memory_bytes
+from hyperflow.evaluation.memory import map_large_blocks, peak_memory_bytes
 from hyperflow.model import load_target
 from hyperflow.smat import adapt_smat, adapt_smat_finetune, load_smat
 
@@ -64,7 +64,10 @@ class EvalWorker:
         drift_dirs: dict[str, str] | None = None,
         threads: int = 1,
         smat_dir: str | None = None,
+        measure: bool = False,  # a memory-measuring worker: large blocks mapped, first thing
     ):
+        if measure:
+            map_large_blocks()
         torch.set_num_threads(threads)
         # the device Ray gave this actor: with num_gpus > 0 Ray sets CUDA_VISIBLE_DEVICES to its
         # GPU (or share of one); without, to nothing, so CUDA is unavailable and this is the CPU
@@ -110,6 +113,7 @@ class EvalWorker:
                     {
                         "domain": job.domain,
                         "index": job.index,
+                        "seed": job.seed,
                         "method": m.name,
                         "acc": accuracy(logits, episode.query_y),
                         "seconds": seconds,

@@ -1,12 +1,14 @@
 """Adaptation cost: HyperFlow against bias-tuning, per episode, measured as `hyperflow evaluate`
-measures it (DESIGN.md section 6: time <= 1%, peak memory <= 10% of bias-tuning's).
+measures it (DESIGN.md section 6: HyperFlow at 20 solver steps <= 2x the floor in time, peak memory
+<= 10% of bias-tuning's).
 
 Seconds: one EvalWorker in this process with one intra-op thread (as each evaluate actor has)
 adapts the same held-out episodes with every method; only the adaptation is timed, not the query
 classification. Peak memory: a fresh Ray actor per method, resident high-water mark of one
 adaptation after a warm-up (hyperflow/evaluation/memory.py). `floor_forward` is one plain forward
 pass of the support set through the target, the least any method that reads the support through
-the target can cost: HyperFlow's task encoding is that pass plus the site-statistics hooks.
+the target can cost: HyperFlow's task encoding is that pass plus the site-statistics hooks. Every
+HyperFlow method reports `floor_ratio`, its seconds over the floor's.
 
 Without --drift an untrained drift network of the config's train settings stands in: its cost is
 the trained one's (same architecture, same passes). Without --target, an untrained target.
@@ -33,7 +35,10 @@ from hyperflow.evaluation.worker import EvalWorker
 from hyperflow.model import TargetModel, load_target, save_target
 from jobs.evaluate import measure_memory
 
-TARGETS = {"time_ratio_max": 0.01, "memory_ratio_max": 0.10}  # DESIGN.md section 6
+# DESIGN.md section 6: HyperFlow at `steps` solver steps within `floor_ratio_max` floors of time
+# and `memory_ratio_max` of bias-tuning's peak memory (the old "time <= 1% of bias-tuning's" is
+# superseded: the floor alone is ~1% of it)
+TARGETS = {"steps": 20, "floor_ratio_max": 2.0, "memory_ratio_max": 0.10}
 BIAS_LR = 0.03  # any lr costs the same; the quickstart's
 
 
@@ -83,23 +88,32 @@ def _measure(args, cfg: Config, target: str, drift: str, model: TargetModel) -> 
     out = {"bench": "adapt", "episodes": len(jobs), "threads": 1, "methods": {}}
     for m in methods:
         secs = sum(seconds[m.name]) / len(jobs)
-        out["methods"][m.name] = {
+        row = out["methods"][m.name] = {
             "seconds_per_episode": secs,
             "peak_memory_bytes": memory[m.name]["bytes"],
             "memory_device": memory[m.name]["device"],
             "time_ratio": secs / bias,
             "memory_ratio": memory[m.name]["bytes"] / max(1, memory["bias_tuning"]["bytes"]),
         }
-    fewest = min((m for m in methods if m.kind == "hyperflow"), key=lambda m: m.steps)
-    one = out["methods"][fewest.name]  # HyperFlow at the fewest solver steps, any config order
+        if m.kind == "hyperflow":
+            row["floor_ratio"] = secs / floor
     out["floor_forward_seconds"] = floor
     out["floor_time_ratio"] = floor / bias
     out["targets"] = TARGETS
-    out["meets"] = {
-        "time": one["time_ratio"] <= TARGETS["time_ratio_max"],
-        "memory": one["memory_ratio"] <= TARGETS["memory_ratio_max"],
-    }
+    out["meets"] = _meets(out["methods"], methods)
     return out
+
+
+def _meets(rows: dict, methods) -> dict:
+    # HyperFlow at the target's step count; None (not measured) without it in solver_steps
+    at = [m.name for m in methods if m.kind == "hyperflow" and m.steps == TARGETS["steps"]]
+    if not at:
+        return {"time": None, "memory": None}
+    row = rows[at[0]]
+    return {
+        "time": row["floor_ratio"] <= TARGETS["floor_ratio_max"],
+        "memory": row["memory_ratio"] <= TARGETS["memory_ratio_max"],
+    }
 
 
 def _method_of(interpolant: str) -> str:

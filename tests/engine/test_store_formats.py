@@ -110,16 +110,16 @@ def test_uncommitted_leftovers_are_ignored_then_removed(tmp_path, config, make_r
 @pytest.mark.parametrize("fmt", sorted(STORES))
 def test_write_shard_refusals(tmp_path, config, make_records, fmt):
     recs = make_records(3)
-    with pytest.raises(AssertionError, match="open_store"):
+    with pytest.raises(ValueError, match="open_store"):
         write_shard(tmp_path, fmt, "shard-000000", recs)
     open_store(tmp_path, config, [fmt])
     before = location(tmp_path).find()
-    with pytest.raises(AssertionError, match="shard name"):
+    with pytest.raises(ValueError, match="shard name"):
         write_shard(tmp_path, fmt, "shard.1", recs)
     mixed = [recs[0], replace(recs[1], theta=recs[1].theta[:, :10])]
-    with pytest.raises(AssertionError, match="theta"):
+    with pytest.raises(ValueError, match="theta"):
         write_shard(tmp_path, fmt, "shard-000001", mixed)
-    with pytest.raises(AssertionError, match="overflows"):
+    with pytest.raises(ValueError, match="overflows"):
         write_shard(tmp_path, fmt, "shard-000002", [replace(recs[0], theta=recs[0].theta * 1e6)])
     assert location(tmp_path).find() == before  # refused before any object is written
 

@@ -61,8 +61,13 @@ def test_manifest_bytes_per_commit_stay_bounded(tmp_path, config):
 
 
 def test_tuples_in_config_compare_as_lists(tmp_path, config):
-    Manifest.create_or_open(tmp_path, {**config, "classes": (1, 2)}, ["wds"])
-    Manifest.create_or_open(tmp_path, {**config, "classes": [1, 2]}, ["wds"])
+    # a config holding a tuple reads back from manifest.json with a list: the same config, so
+    # reopening the store must not be refused as "written with a different config"
+    created = Manifest.create_or_open(tmp_path, {**config, "classes": (1, 2)}, ["wds"])
+    assert created.config["classes"] == [1, 2], "kept as it will read back"
+    as_list = Manifest.create_or_open(tmp_path, {**config, "classes": [1, 2]}, ["wds"])
+    as_tuple = Manifest.create_or_open(tmp_path, {**config, "classes": (1, 2)}, ["wds"])
+    assert as_list.config == as_tuple.config == Manifest.load(tmp_path).config == created.config
 
 
 @pytest.mark.parametrize(

@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 
@@ -26,13 +28,36 @@ def test_prototypes_are_class_means():
     assert torch.allclose(logits, torch.tensor([[1.0, 0.0]]))
 
 
-def test_logits_shape_and_scale(tiny_model):
-    x = torch.randint(0, 255, (10, 1, 32, 32), dtype=torch.uint8)
+def test_logits_rank_classes_by_angle_to_their_prototype(tiny_model):
+    # random features (cosines near 0, so the ranking has wide margins); class c's prototype is
+    # the mean of its support features, computed here
+    g = torch.Generator().manual_seed(0)
+    support_f = torch.randn(6, tiny_model.feature_dim, generator=g)
+    support_y = torch.tensor([0, 0, 1, 1, 2, 2])
+    protos = support_f.view(3, 2, -1).mean(1)
+    scale = tiny_model.logit_scale.item()
+    # queries on a prototype's direction, whatever their length, score `scale` (cosine 1: the
+    # largest logit there is) for that class; the other classes score less
+    query_f = torch.stack([3 * protos[2], 0.5 * protos[0], protos[1]])
+    logits = tiny_model.logits(support_f, support_y, 3, query_f).detach()
+    assert logits.shape == (3, 3)
+    assert logits.argmax(1).tolist() == [2, 0, 1]
+    assert torch.allclose(logits[[0, 1, 2], [2, 0, 1]], torch.full((3,), scale), rtol=1e-5)
+    assert (logits.topk(2, dim=1).values.diff(dim=1) < -0.5).all(), logits
+    # nearer in angle scores higher: a query between prototypes 0 and 1, nearer 0
+    between = tiny_model.logits(support_f, support_y, 3, (0.7 * protos[0] + 0.3 * protos[1])[None])
+    assert between.argmax().item() == 0 and between[0, 1] > between[0, 2]
+    # the learnable scale is a temperature: twice the scale, twice every logit
+    hot = copy.deepcopy(tiny_model)
+    with torch.no_grad():
+        hot.logit_scale.mul_(2)
+    assert torch.allclose(hot.logits(support_f, support_y, 3, query_f), 2 * logits, rtol=1e-5)
+    # the backbone's own features: cosines in [-1, 1], so logits within the scale
+    x = torch.randint(0, 255, (10, 1, 32, 32), dtype=torch.uint8, generator=g)
     with torch.no_grad():
         f = tiny_model.features(tiny_model.preprocess(x))
-        logits = tiny_model.logits(f[:6], torch.tensor([0, 0, 1, 1, 2, 2]), 3, f[6:])
-    assert logits.shape == (4, 3)
-    assert logits.abs().max() <= tiny_model.logit_scale.item() + 1e-4
+        real = tiny_model.logits(f[:6], support_y, 3, f[6:])
+    assert real.shape == (4, 3) and real.abs().max() <= scale * (1 + 1e-5)
 
 
 def test_save_load_round_trip(tiny_model, tmp_path):

@@ -121,8 +121,8 @@ def test_rerun_on_complete_store_says_complete_and_changes_nothing(local_store, 
     [
         (["--set", "episodes.way=500"], ["way=500", "needs 500"]),
         (["--workers", "0"], ["--workers", "'0'"]),
-        (["--set", "collect.workers=0"], ["collect.workers=0"]),
-        (["--set", "collect.shard_size=0"], ["collect.shard_size=0"]),
+        (["--set", "collect.workers=0"], ["'collect.workers' must be >= 1, got 0"]),
+        (["--set", "collect.shard_size=0"], ["'collect.shard_size' must be >= 1, got 0"]),
         (["--run", "a.b"], ["'a.b'"]),
         (["--set", "collect.theta_encoding=zip"], ["collect.theta_encoding", "'zip'"]),
     ],
@@ -149,6 +149,21 @@ def test_bad_input_is_refused_before_anything_is_written(
     for text in expected:
         assert text in err, f"{text!r} not in stderr: {err}"
     assert not out.exists()
+
+
+@pytest.mark.parametrize("family", ["elastic", "invert", "clutter"])
+def test_held_out_shift_family_is_refused_and_nothing_written(
+    family, untrained_target, tmp_path, capsys
+):
+    # the README's promise: these families are never collected, so held-out rows on them
+    # measure generalisation (in-process: main() returns 2 only for a UserError, with its message)
+    out = tmp_path / "store"
+    argv = ["collect", "--config", "tiny", "--target", str(untrained_target), "--out", str(out)]
+    assert main([*argv, "--set", f"collect.shifts=[noise,{family}]"]) == 2
+    err = capsys.readouterr().err
+    assert "'collect.shifts[1]'" in err and f"'{family}'" in err, err
+    assert "held out" in err and "Traceback" not in err, err
+    assert not out.exists(), "nothing written"
 
 
 def test_out_that_is_a_file_is_refused_and_kept(untrained_target, tmp_path, capsys):

@@ -6,9 +6,11 @@ import json
 
 import pytest
 
+import jobs.evaluate
 from hyperflow.bias import select_biases
 from hyperflow.drift import DriftConfig, DriftNet, save_drift
 from hyperflow.model import load_target
+from jobs.cli import main
 
 METHODS = "direct,bias_tuning,hyperflow_cubic"
 DOMAINS = "evaluate.domains=[latin,georgian-noise,hebrew-invert]"  # one base, two held-out
@@ -76,6 +78,18 @@ def test_same_results_with_one_or_two_workers(cli, tiny_target, drift_dir, tmp_p
         assert set(m["acc"]) == {"latin", "georgian-noise", "hebrew-invert"}, name
         assert all(a["n"] == 2 and 0 <= a["mean"] <= 1 for a in m["acc"].values())
         assert m["peak_memory_bytes"] is not None and m["adapt_seconds_per_episode"] >= 0
+    # one row per evaluated episode, the same episodes for every method (paired)
+    episodes = {(r["domain"], r["id"], r["seed"]) for r in one["methods"]["direct"]["episodes"]}
+    assert len(episodes) == 3 * 2 and {d for d, _, _ in episodes} == set(one["domains"])
+    for name, m in one["methods"].items():
+        rows = m["episodes"]
+        assert {(r["domain"], r["id"], r["seed"]) for r in rows} == episodes, name
+        for d, a in m["acc"].items():
+            accs = [r["acc"] for r in rows if r["domain"] == d]
+            assert sum(accs) / len(accs) == pytest.approx(a["mean"]), (name, d)
+    assert one["paired"]["domains"] == ["georgian-noise", "hebrew-invert"]
+    assert one["paired"]["methods"]["direct"]["diff"] == {"mean": 0.0, "lo": 0.0, "hi": 0.0}
+    assert "Paired 95% intervals" in (tmp_path / "w1" / "results.md").read_text()
     assert one["methods"]["hyperflow_cubic@5"]["solver_steps"] == 5
     assert one["methods"]["direct"]["solver_steps"] is None
     out = tmp_path / "w1"
@@ -84,26 +98,27 @@ def test_same_results_with_one_or_two_workers(cli, tiny_target, drift_dir, tmp_p
     assert "hyperflow_cubic@5" in (out / "results.md").read_text()
 
 
-def test_drift_for_another_layout_is_refused(cli, tiny_target, tmp_path):
+def _refused(argv: list[str], monkeypatch, capsys) -> str:
+    """Run `hyperflow evaluate ARGV` in this process; it must exit 2 before Ray starts (in-process:
+    no interpreter start-up per case). Returns stderr."""
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray was started before the input was refused")
+
+    monkeypatch.setattr(jobs.evaluate, "connect", no_ray)
+    try:
+        code = main(["evaluate", "--config", "tiny", *argv])
+    except SystemExit as e:  # argparse refuses --episodes 0 itself
+        code = e.code
+    assert code == 2
+    return capsys.readouterr().err
+
+
+def test_drift_for_another_layout_is_refused(tiny_target, tmp_path, monkeypatch, capsys):
     other = _drift(tiny_target, tmp_path / "other" / "piecewise_cubic", ["layer1.*.bias"])
-    proc = cli(
-        "evaluate",
-        "--config",
-        "tiny",
-        "--target",
-        str(tiny_target),
-        "--drift",
-        str(other.parent),
-        "--methods",
-        METHODS,
-        "--episodes",
-        "1",
-        "--out",
-        str(tmp_path / "out"),
-        check=False,
-    )
-    assert proc.returncode != 0
-    assert "bias layout" in proc.stderr
+    argv = ["--target", str(tiny_target), "--drift", str(other.parent), "--methods", METHODS]
+    err = _refused([*argv, "--episodes", "1", "--out", str(tmp_path / "out")], monkeypatch, capsys)
+    assert "bias layout" in err
     assert not (tmp_path / "out" / "results.json").exists()
 
 
@@ -118,7 +133,7 @@ def test_drift_for_another_layout_is_refused(cli, tiny_target, tmp_path):
         (["--set", "evaluate.encode_chunk=-1"], "encode_chunk"),
         (["--methods", "hyperflow_linear", "--set", "evaluate.solver=heun"], "heun"),
         (["--methods", "hyperflow_linear", "--set", "evaluate.solver_steps=[5,0]"], "solver_steps"),
-        (["--set", "evaluate.gpus_per_worker=-1"], "evaluate.gpus_per_worker=-1"),
+        (["--set", "evaluate.gpus_per_worker=-1"], "'evaluate.gpus_per_worker' must be >= 0"),
         # the workers ask Ray for a GPU this machine does not have: refused, naming it
         (
             ["--methods", "direct", "--set", "evaluate.gpus_per_worker=1"]
@@ -127,20 +142,15 @@ def test_drift_for_another_layout_is_refused(cli, tiny_target, tmp_path):
         ),
     ],
 )
-def test_bad_input_is_a_clear_error(cli, tiny_target, tmp_path, argv, needle):
-    proc = cli(
-        "evaluate",
-        "--config",
-        "tiny",
-        "--target",
-        str(tiny_target),
-        "--out",
-        str(tmp_path / "out"),
-        *argv,
-        check=False,
-    )
-    assert proc.returncode != 0
-    assert needle in proc.stderr
+def test_bad_input_is_a_clear_error(cli, tiny_target, tmp_path, monkeypatch, capsys, argv, needle):
+    base = ["--target", str(tiny_target), "--out", str(tmp_path / "out")]
+    if "evaluate.placement_timeout=3" in argv:  # refused by Ray itself: a real cluster, apart
+        proc = cli("evaluate", "--config", "tiny", *base, *argv, check=False)
+        assert proc.returncode != 0
+        err = proc.stderr
+    else:
+        err = _refused([*base, *argv], monkeypatch, capsys)
+    assert needle in err
     assert not (tmp_path / "out" / "results.json").exists()
 
 
@@ -166,14 +176,9 @@ def test_line_search_variants_report_their_floors(cli, tiny_target, tmp_path):
     assert "hyperflow_linear_ls@1" in (out / "results.md").read_text()
 
 
-def test_bad_step_scales_are_refused(cli, tiny_target, tmp_path):
-    # the other bad values: tests/hyperflow/evaluation/test_plan.py
-    proc = cli(
-        *("evaluate", "--config", "tiny", "--target", str(tiny_target)),
-        *("--methods", "hyperflow_linear_ls", "--set", "evaluate.step_scales=[1,0]"),
-        *("--out", str(tmp_path / "out")),
-        check=False,
-    )
-    assert proc.returncode == 2, proc.stderr
-    assert "evaluate.step_scales" in proc.stderr
+def test_bad_step_scales_are_refused(tiny_target, tmp_path, monkeypatch, capsys):
+    # the other bad values: tests/hyperflow/test_config.py
+    argv = ["--target", str(tiny_target), "--methods", "hyperflow_linear_ls"]
+    argv += ["--set", "evaluate.step_scales=[1,0]", "--out", str(tmp_path / "out")]
+    assert "evaluate.step_scales" in _refused(argv, monkeypatch, capsys)
     assert not (tmp_path / "out").exists()

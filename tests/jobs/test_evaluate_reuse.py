@@ -29,6 +29,18 @@ def test_reused_baselines_are_copied_not_rerun(cli, tiny_target, tmp_path):
     # the method it did not have was run, on every domain
     assert set(after["methods"]["head_tuning"]["acc"]) == {"latin", "hebrew-invert"}
     assert list(after["methods"]) == ["direct", "bias_tuning", "head_tuning"]
+    # the per-episode rows came along: paired intervals against the copied baselines
+    assert after["methods"]["head_tuning"]["episodes"] and after["paired"]["methods"]["head_tuning"]
+
+    # rows of other episodes (here: one episode's seed changed) are refused, naming the method
+    tampered = json.loads((first / "results.json").read_text())
+    tampered["methods"]["bias_tuning"]["episodes"][0]["seed"] += 1
+    (tmp_path / "tampered.json").write_text(json.dumps(tampered))
+    third = tmp_path / "third"
+    extra = ("--reuse", str(tmp_path / "tampered.json"))
+    proc = _evaluate(cli, tiny_target, third, methods, *extra, check=False)
+    assert proc.returncode == 2 and "per-episode rows of bias_tuning" in proc.stderr
+    assert not (third / "results.json").exists()
 
 
 def test_reuse_of_other_episodes_is_refused_naming_the_field(cli, tiny_target, tmp_path):

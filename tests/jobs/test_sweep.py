@@ -40,6 +40,15 @@ def test_a_sweep_trains_each_point_reports_it_and_resumes(cli, local_store, untr
     table = (out / "scaling.md").read_text()
     assert "| small |" in table and "| 8 |" in table and "| 16 |" in table
     assert (out / "scaling.png").read_bytes()[:4] == b"\x89PNG"
+    # docs-style points: each recovery with its paired interval over the baselines' episodes
+    points = json.loads((out / "scaling.json").read_text())["points"]
+    cells = [(p["size"], p["records"], p["seed"]) for p in points]
+    assert cells == [("small", 8, 0), ("small", 16, 0)]
+    for p in points:
+        assert p["store"] == str(store)
+        for key in ("heldout_recovery", "collected_recovery", "never_collected_recovery"):
+            assert p[key] is None or set(p[key]) == {"mean", "lo", "hi"}, key
+    assert all(p["heldout_recovery"] is not None for p in points), "the baselines have rows"
     assert "[sweep] hyperflow train" in proc.stderr
 
     # a finished point is skipped: a larger grid only runs its new points

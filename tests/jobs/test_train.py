@@ -292,10 +292,10 @@ def test_empty_store_is_refused(capsys, tiny_target, tmp_path):
 @pytest.mark.parametrize(
     ("setting", "message"),
     [
-        ("train.cache_records=-1", "train.cache_records must be >= 0"),
-        ("train.theta_noise=-0.5", "train.theta_noise must be >= 0"),
+        ("train.cache_records=-1", "'train.cache_records' must be >= 0"),
+        ("train.theta_noise=-0.5", "'train.theta_noise' must be >= 0"),
         ("train.encoder=test_resnet", "train.site_stats=false"),
-        ("train.max_records=-1", "train.max_records=-1 is out of range"),
+        ("train.max_records=-1", "'train.max_records' must be >= 0"),
         ("train.max_records=5", "the store holds 4 wds records"),
     ],
 )

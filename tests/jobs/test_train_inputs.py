@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from hyperflow.drift import DriftConfig, DriftNet
-from jobs.train_inputs import SupportCache, support_inputs
+from jobs.train.inputs import SupportCache, support_inputs
 
 
 def _value(k: float):

@@ -218,11 +218,11 @@ def test_fsdp_run_resumes_exactly(cli, tiny_target, store, fsdp_run, tmp_path):
 @pytest.mark.parametrize(
     ("setting", "message"),
     [
-        ("train.grad_accum=0", "train.grad_accum must be an int >= 1"),
-        ("train.mixed_precision=fp8", "train.mixed_precision must be one of"),
-        ("train.cache_bytes=-1", "train.cache_bytes must be >= 0"),
-        ("train.width=0", "train.width must be an int >= 1"),
-        ("train.time_dim=3", "train.time_dim must be even"),
+        ("train.grad_accum=0", "'train.grad_accum' must be >= 1"),
+        ("train.mixed_precision=fp8", "'train.mixed_precision' must be one of"),
+        ("train.cache_bytes=-1", "'train.cache_bytes' must be >= 0"),
+        ("train.width=0", "'train.width' must be >= 1"),
+        ("train.time_dim=3", "'train.time_dim' must be even"),
         ("train.fsdp=true", "train.fsdp=true shards over ranks"),
     ],
 )

@@ -1,4 +1,4 @@
-"""One optimizer step of the trainer (jobs.train_step) in-process, with a real Accelerator:
+"""One optimizer step of the trainer (jobs.train.step) in-process, with a real Accelerator:
 k accumulated micro-batches make the step one k-times bigger batch makes, and bf16 autocast
 trains a drift network whose saved weights are float32 and load."""
 
@@ -11,8 +11,8 @@ from accelerate.state import AcceleratorState, GradientState
 from torch import nn
 
 from hyperflow.drift import DriftConfig, DriftNet, drift_loss, load_drift, save_drift
-from jobs.train_accel import full_state
-from jobs.train_step import groups, optimizer_step
+from jobs.train.accel import full_state
+from jobs.train.step import groups, optimizer_step
 
 T = 5  # trajectory steps
 

@@ -13,8 +13,10 @@ from torch import nn
 from hyperflow.adapt.hyperflow import adapted_theta, find_drift_dirs, load_for_target
 from hyperflow.bias import get_theta
 from hyperflow.drift import DriftConfig, DriftNet, Task, save_drift
+from hyperflow.drift.prepared import TimeRows
 from hyperflow.errors import UserError
 from hyperflow.model import TargetConfig, TargetModel
+from hyperflow.solvers import integrate
 
 HORIZON = 5.0
 
@@ -32,9 +34,16 @@ class _ClockDrift(nn.Module):
         self.tasks += len(supports)
         return Task(torch.zeros(len(supports), 1))
 
-    def forward(self, theta, t, task):
-        assert t.shape == (theta.shape[0],) and task.embedding.shape == (theta.shape[0], 1)
-        return (self.a + self.b * t).unsqueeze(1).expand_as(theta)
+    # the test-time interface of DriftNet: task terms once, time terms per time, then per step
+    def prepare(self, task):
+        return task
+
+    def time_rows(self, prepared, t):
+        return TimeRows(t.unsqueeze(1), [])  # [S, 1]: the time itself
+
+    def velocity(self, theta, prepared, rows):
+        assert rows.cond.shape == (theta.shape[0], 1) and len(prepared) == theta.shape[0]
+        return (self.a + self.b * rows.cond).expand_as(theta)
 
 
 def _drift_net(model: TargetModel, interpolant: str = "linear") -> DriftNet:
@@ -74,6 +83,36 @@ def test_zero_drift_net_returns_the_model_biases_and_leaves_the_model(tiny_model
     out = adapted_theta(model, net, episodes[1], 5)
     assert torch.equal(out, before)
     assert torch.equal(get_theta(model.backbone, model.layout), before)
+
+
+@pytest.mark.parametrize(("solver", "steps"), [("euler", 20), ("midpoint", 3), ("rk4", 2)])
+def test_adapted_theta_equals_forward_at_every_step(tiny_model, episodes, solver, steps):
+    # the precomputed / batched test-time drift against the straightforward one (forward at every
+    # step through torchdiffeq), all in float64: they differ in op order only (~1e-15 relative)
+    model = copy.deepcopy(tiny_model).double()
+    net = _drift_net(model).double()
+    with torch.no_grad():
+        for p in net.parameters():  # zero-initialised gates and local head: make them count
+            p.copy_(0.3 * torch.randn_like(p))
+    g = torch.Generator().manual_seed(0)
+    P = model.layout.size
+    emb, stats = torch.randn(1, net.task_dim, generator=g), torch.randn(1, 3, P, generator=g)
+    task = Task(emb.double(), stats.double())
+    net.encode_tasks = lambda supports, chunk=0: task  # the encoder pass is not what is compared
+    theta0 = get_theta(model.backbone, model.layout).unsqueeze(0)  # [1, P] float64
+    out = adapted_theta(model, net, episodes[0], steps, solver)
+    with torch.no_grad():
+        ref = integrate(
+            lambda t, th: net(th, t.reshape(1), task),
+            theta0,
+            HORIZON,
+            steps,
+            solver,
+            use_torchdiffeq=True,
+        )[0]
+    assert out.dtype == torch.float64
+    assert ((out - ref).abs() <= 1e-10 * (ref - theta0[0]).abs().max()).all()
+    assert (ref - theta0[0]).abs().max() > 1e-3  # the drift moved theta: not a trivial match
 
 
 def test_drift_dirs_are_found_per_interpolant(tiny_model, tmp_path):

@@ -3,6 +3,7 @@ import pytest
 
 from hyperflow.data.shifts import COLLECTION_SHIFTS, SHIFTS, ShiftParams, apply_shift
 from hyperflow.errors import UserError
+from hyperflow.heldout import HELD_OUT_SHIFTS
 
 NAMES = sorted(SHIFTS)
 
@@ -65,6 +66,7 @@ def test_unknown_shift_names_the_value_and_the_choices(glyph_like):
         apply_shift("sparkle", glyph_like(2), seed=0)
 
 
-def test_collection_never_sees_invert_or_clutter():
+def test_collection_never_sees_the_held_out_families():
     assert set(COLLECTION_SHIFTS) < set(SHIFTS)
-    assert not {"invert", "clutter"} & set(COLLECTION_SHIFTS)
+    assert HELD_OUT_SHIFTS == {"invert", "clutter", "elastic"} and HELD_OUT_SHIFTS < set(SHIFTS)
+    assert not HELD_OUT_SHIFTS & set(COLLECTION_SHIFTS)

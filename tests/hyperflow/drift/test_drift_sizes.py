@@ -61,10 +61,10 @@ def test_train_keys_reach_the_drift_config(tmp_path):
 @pytest.mark.parametrize(
     ("key", "value", "needle"),
     [
-        ("width", 0, "train.width must be an int >= 1"),
-        ("depth", -2, "train.depth must be an int >= 1"),
-        ("layer_dim", True, "train.layer_dim must be an int >= 1"),
-        ("time_dim", 7, "train.time_dim must be even"),
+        ("width", 0, "'train.width' must be >= 1, got 0"),
+        ("depth", -2, "'train.depth' must be >= 1, got -2"),
+        ("layer_dim", True, "'train.layer_dim' expects int, got True"),
+        ("time_dim", 7, "'train.time_dim' must be even"),
     ],
 )
 def test_bad_dimensions_are_refused_naming_the_key(layout, key, value, needle):

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import matplotlib.pyplot as plt
 import pytest
 
-from hyperflow.evaluation.scaling import group_mean, heldout_groups, plot_curve, summary_row
+from hyperflow.evaluation.scaling import (
+    curve_figure,
+    group_mean,
+    heldout_groups,
+    plot_curve,
+    summary_row,
+)
 
 
 def _results(acc: dict[str, dict[str, float]], ci: float = 0.02) -> dict:
@@ -68,11 +75,45 @@ def test_the_interval_of_a_mean_over_more_domains_is_narrower():
     assert three == pytest.approx(0.04 / 3**0.5)
 
 
-def test_the_curve_is_a_png_with_one_line_per_size():
+def test_the_curve_has_one_line_per_size_per_group_with_its_points():
+    # rows out of order (larger size first, more records first), one None (no never-collected
+    # domain at 300): each line must still be one size's points, sorted by records, in percent
     rows = [
-        {"size": s, "params": p, "records": n, "recovery_heldout": r, "recovery_collected": r,
-         "recovery_never": None if n == 300 else r / 2}
-        for s, p in (("small", 5e5), ("large", 9e6)) for n, r in ((300, 0.2), (600, 0.3))
+        {"size": size, "params": params, "records": n, "recovery_heldout": h,
+         "recovery_collected": c, "recovery_never": nv}
+        for size, params, n, h, c, nv in (
+            ("large", 9e6, 600, 0.6, 0.7, 0.5),
+            ("small", 5e5, 600, 0.3, 0.4, 0.1),
+            ("large", 9e6, 300, 0.4, 0.5, None),
+            ("small", 5e5, 300, 0.2, 0.25, -0.1),
+        )
     ]  # fmt: skip
+    want = {  # panel -> label -> (records, % recovered)
+        "all held-out": {"small (0.5M)": ([300, 600], [20, 30]),
+                         "large (9.0M)": ([300, 600], [40, 60])},
+        "collected": {"small (0.5M)": ([300, 600], [25, 40]),
+                      "large (9.0M)": ([300, 600], [50, 70])},
+        "never collected": {"small (0.5M)": ([300, 600], [-10, 10]),
+                            "large (9.0M)": ([600], [50])},
+    }  # fmt: skip
+    fig = curve_figure(rows, "hyperflow_cubic@20")
+    try:
+        axes = fig.get_axes()
+        assert [ax.get_title() for ax in axes] == list(want)
+        for ax in axes:
+            got = {
+                line.get_label(): (list(line.get_xdata()), list(line.get_ydata()))
+                for line in ax.get_lines()
+            }
+            assert len(ax.get_lines()) == len(got) == 2, ax.get_title()
+            assert list(got) == list(want[ax.get_title()]), "sizes by parameter count"
+            for label, (x, y) in want[ax.get_title()].items():
+                assert got[label][0] == x, (ax.get_title(), label)
+                assert got[label][1] == pytest.approx(y), (ax.get_title(), label)
+            assert ax.get_xscale() == "log"
+        assert "hyperflow_cubic@20" in axes[0].get_ylabel()
+        assert [t.get_text() for t in axes[0].get_legend().get_texts()] == list(want["collected"])
+    finally:
+        plt.close(fig)
     png = plot_curve(rows, "hyperflow_cubic@20")
-    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"

@@ -5,8 +5,10 @@ import copy
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from engine.record import TrajectoryRecord
+from hyperflow.adapt.methods import classify
 from hyperflow.adapt.simulate import initial_theta, simulate
 from hyperflow.bias import get_theta
 from hyperflow.smat.model import Smat, SmatConfig
@@ -79,12 +81,18 @@ def test_training_on_teacher_episodes_lowers_the_objective(sharp_model, episodes
 
 
 def test_query_sets_and_mixed_sizes(sharp_model, make_episode):
+    # episodes that carry a query set are scored on it (prototypes from the clean support),
+    # whatever their way and size: with theta_delta = 0 the student runs at the pretrained
+    # biases, so its CE is each episode's query cross-entropy of the target itself, averaged
     eps = [make_episode(0, way=5, shot=2), make_episode(1, way=3, shot=2), make_episode(2, 5, 2)]
     base = get_theta(sharp_model.backbone, sharp_model.layout)
     tasks = [SmatEpisode(e.support_x, e.support_y, base, e.query_x, e.query_y) for e in eps]
     smat = _smat(sharp_model)
     loss = smat_loss(sharp_model, smat, tasks, torch.Generator().manual_seed(0))
-    assert torch.isfinite(loss.total) and loss.density.shape == (4,)
+    want = [F.cross_entropy(classify(sharp_model, e), e.query_y) for e in eps]
+    assert torch.allclose(loss.ce, torch.stack(want).mean(), rtol=1e-4), (loss.ce, want)
+    assert loss.kd.abs() < 1e-6  # the teacher is the pretrained biases too
+    assert loss.density.shape == (4,)
     loss.total.backward()
     assert smat.theta_delta.grad is not None and smat.theta_delta.grad.abs().sum() > 0
 

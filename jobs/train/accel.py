@@ -5,7 +5,7 @@ weights of its (possibly sharded) model.
   wraps a DDP (or single-rank) model's forward in it; its FSDP2 path does not, so the trainer
   enters accelerator.autocast() around the objective itself. Parameters, gradients and
   optimizer state stay float32, so checkpoints and drift.safetensors hold float32 weights.
-- train.grad_accum: Accelerate's gradient_accumulation_steps; jobs.train_step runs the
+- train.grad_accum: Accelerate's gradient_accumulation_steps; jobs.train.step runs the
   micro-batches of one optimizer step under accelerator.accumulate.
 - train.fsdp: Accelerate's FSDP plugin, FSDP2 (torch fully_shard): each FiLM block and the
   per-layer in/out maps are sharded on their own, the rest with the root. Mixed precision stays
@@ -29,35 +29,8 @@ from torch.distributed.fsdp import MixedPrecisionPolicy
 
 from hyperflow.errors import UserError
 
-PRECISIONS = ("no", "bf16", "fp16")
 # modules FSDP shards on their own (hyperflow/drift/layers.py): the bulk of any large drift
 FSDP_UNITS = ["FiLMBlock", "LayerwiseIn", "LayerwiseOut"]
-
-
-def check_scale_settings(tc, world: int) -> None:
-    """UserError (naming the key) for a bad gradient accumulation, precision, FSDP or cache
-    setting, before anything is written."""
-    if type(tc.grad_accum) is not int or tc.grad_accum < 1:
-        raise UserError(f"train.grad_accum must be an int >= 1, got {tc.grad_accum!r}")
-    if tc.mixed_precision not in PRECISIONS:
-        raise UserError(
-            f"train.mixed_precision must be one of {list(PRECISIONS)}, got {tc.mixed_precision!r}"
-        )
-    if tc.mixed_precision == "fp16" and not torch.cuda.is_available():
-        raise UserError("train.mixed_precision=fp16 needs a GPU; on the CPU use bf16")
-    if tc.fsdp and world < 2:
-        raise UserError("train.fsdp=true shards over ranks: run with --nproc 2 or more")
-    if tc.fsdp and tc.encoder != "target":
-        # untested; and unlike DDP, FSDP would not keep a trained encoder's BatchNorm running
-        # statistics equal across ranks (DDP broadcasts rank 0's buffers every forward)
-        raise UserError(f"train.fsdp=true needs train.encoder=target, got {tc.encoder!r}")
-    if tc.cache_bytes < 0:
-        raise UserError(f"train.cache_bytes must be >= 0 (0: no cache), got {tc.cache_bytes}")
-    if tc.cache_records is not None and tc.cache_records < 0:
-        raise UserError(
-            f"train.cache_records must be >= 0 (0: no cache; the cache is now bounded by "
-            f"train.cache_bytes), got {tc.cache_records}"
-        )
 
 
 def make_accelerator(tc) -> Accelerator:

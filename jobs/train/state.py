@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import tempfile
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,33 +29,48 @@ from hyperflow.model import TargetModel, load_target, target_id
 CHECKPOINTS, PROGRESS = "checkpoints", "progress.json"
 
 
-def preflight(args, tc, interpolant: str, out: Location, world: int):
+@dataclass
+class Prepared:
+    """What a trainer checked before any work (every rank, and the launching process)."""
+
+    model: TargetModel  # the frozen target, loaded from --target
+    signature: dict  # what a resumed run must share with its checkpoint
+    resume_from: str | None  # checkpoint name (step-N) to resume from, None: a fresh run
+    horizon: int = 0  # T of the store's trajectories (the drift's time range)
+
+
+def preflight(args, tc, interpolant: str, out: Location, world: int, shares=None, restarted=False):
     """Check target, store and checkpoints before any work; returns (model, manifest,
     run signature, name of the checkpoint to resume from or None)."""
     model = load_target(args.target)
     manifest = check_store(args.store, args.target, model, tc.format)
     check_max_records(manifest, tc)
-    signature = run_signature(tc, interpolant, world, manifest)
-    return model, manifest, signature, checkpoint_to_resume(out, signature, args.resume)
+    signature = run_signature(tc, interpolant, world, manifest, shares)
+    resume_from = checkpoint_to_resume(out, signature, args.resume, restarted)
+    return model, manifest, signature, resume_from
 
 
 def check_max_records(manifest: Manifest, tc) -> None:
-    """UserError unless train.max_records is 0 (all) or at most the store's records."""
+    """UserError unless train.max_records (>= 0 by the schema) is at most the store's records."""
     total = sum(s.records for s in manifest.shards_of(tc.format))
-    if not 0 <= tc.max_records <= total:
+    if tc.max_records > total:
         raise UserError(
             f"train.max_records={tc.max_records} is out of range: the store holds {total} "
             f"{tc.format} records (0: train on all of them)"
         )
 
 
-def checkpoint_to_resume(out: Location, signature: dict, resume: bool) -> str | None:
+def checkpoint_to_resume(
+    out: Location, signature: dict, resume: bool, restarted: bool = False
+) -> str | None:
     """The newest complete checkpoint under `out` when resuming (its run signature must equal
-    `signature`), None for a fresh run (which refuses a directory that holds checkpoints)."""
+    `signature`), None for a fresh run (which refuses a directory that holds checkpoints,
+    unless `restarted`: a Ray Train attempt after a failure, whose driver checked the directory
+    and which may find the parts of a checkpoint Ray never registered)."""
     ckpts = out.child(CHECKPOINTS)
     done = complete_checkpoints(ckpts)
     if not resume:
-        if done:
+        if done and not restarted:
             raise UserError(
                 f"--out {out.url} already holds checkpoints of a training run (newest "
                 f"{done[-1]}); pass --resume to continue it, or choose another --out"
@@ -95,9 +110,13 @@ def check_store(store: str, target_dir: str, model: TargetModel, fmt: str) -> Ma
     return manifest
 
 
-def run_signature(tc, interpolant: str, world: int, manifest: Manifest) -> dict:
+def run_signature(
+    tc, interpolant: str, world: int, manifest: Manifest, shares: int | None = None
+) -> dict:
     """What a resumed run must share with its checkpoint: the network's shape and objective, the
-    data order (plan inputs) and what the restored optimizer would silently override."""
+    data order (plan inputs) and what the restored optimizer would silently override. A Ray
+    Train run plans its data over `shares` (its most workers), which fixes the order whatever
+    its world size; a torchrun run over its world size."""
     return {
         "interpolant": interpolant,
         "train.size": tc.size,
@@ -108,7 +127,7 @@ def run_signature(tc, interpolant: str, world: int, manifest: Manifest) -> dict:
         "train.encoder": tc.encoder,
         "train.site_stats": tc.site_stats,
         "train.theta_noise": tc.theta_noise,
-        "world_size": world,
+        **({"world_size": world} if shares is None else {"data_shares": shares}),
         "train.batch_size": tc.batch_size,
         "train.seed": tc.seed,
         "train.shuffle_buffer": tc.shuffle_buffer,
@@ -143,44 +162,64 @@ def complete_checkpoints(ckpts: Location) -> list[str]:
 @contextmanager
 def _local_dir(loc: Location, key: str, upload: bool):
     """A local directory standing for `key` under `loc`: the directory itself on a local disk;
-    on object storage a temporary one, filled from `key` first (upload=False) or uploaded
-    file by file to `key` when the block ends without an exception (upload=True)."""
+    on object storage a temporary one, downloaded from `key` first (upload=False) or uploaded
+    to `key` when the block ends without an exception (upload=True), each with one recursive
+    fsspec transfer."""
     here = loc.local_path(key)
     if here is not None:
         yield here
         return
     with tempfile.TemporaryDirectory(prefix="hyperflow-ckpt-") as tmp:
-        tmp = Path(tmp)
         if not upload:
-            for rel in loc.find(key):
-                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-                (tmp / rel).write_bytes(loc.read_bytes(f"{key}/{rel}"))
-        yield tmp
-        if upload:  # one object per file, one file in memory at a time
-            for f in sorted(p for p in tmp.rglob("*") if p.is_file()):
-                loc.write_bytes(f"{key}/{f.relative_to(tmp).as_posix()}", f.read_bytes())
+            loc.fs.get(f"{loc.path(key)}/", f"{tmp}/", recursive=True)
+        yield Path(tmp)
+        if upload:
+            loc.fs.put(f"{tmp}/", f"{loc.path(key)}/", recursive=True)
 
 
-def save_checkpoint(accelerator, out: Location, step, epoch, start, signature, gen) -> None:
-    ckpts, name = out.child(CHECKPOINTS), f"step-{step:08d}"
-    with _local_dir(ckpts, name, upload=True) as path:
-        # rank 0: model, optimizer, scheduler; every rank: RNG. The model's state is the drift's
-        # trained weights only: the frozen target is held, not owned, by the network
-        # (hyperflow.drift.network), and a resume reloads it from --target
-        accelerator.save_state(str(path))
-        # save_state leaves custom generators out (and registered objects are saved by rank 0)
-        gen_file = path / f"t_generator_rank{accelerator.process_index}.npy"
-        np.save(gen_file, gen.get_state().numpy(), allow_pickle=False)
-    accelerator.wait_for_everyone()  # save_state has no barrier: all ranks' files first
-    if accelerator.is_main_process:
-        progress = {"step": step, "epoch": epoch, "batches_done": start, "run": signature}
-        # one object written whole, last: it marks the checkpoint complete
-        ckpts.write_bytes(f"{name}/{PROGRESS}", json.dumps(progress).encode())
-    accelerator.wait_for_everyone()
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:08d}"
 
 
-def resume(accelerator, out: Location, name: str, gen: torch.Generator) -> tuple[int, int, int]:
-    """Load checkpoint `name` (signature already checked); returns (step, epoch, start batch)."""
+def write_state(accelerator, path: Path, gen: torch.Generator) -> None:
+    """This rank's part of a checkpoint into the local directory `path`."""
+    # rank 0: model, optimizer, scheduler; every rank: RNG. The model's state is the trained
+    # weights only: the frozen target is held, not owned, by the drift network and SMAT, and a
+    # resume reloads it from --target
+    accelerator.save_state(str(path))
+    # save_state leaves custom generators out (and registered objects are saved by rank 0)
+    gen_file = path / f"t_generator_rank{accelerator.process_index}.npy"
+    np.save(gen_file, gen.get_state().numpy(), allow_pickle=False)
+
+
+def progress_of(step: int, epoch: int, start: int, signature: dict, extra: dict) -> bytes:
+    """progress.json: the position, the run signature and `extra` (e.g. Ray Train attempts)."""
+    progress = {"step": step, "epoch": epoch, "batches_done": start, "run": signature, **extra}
+    return json.dumps(progress).encode()
+
+
+class LocalCheckpoints:
+    """Checkpoints of a torchrun (or single-process) run under OUT/checkpoints/step-N/."""
+
+    def __init__(self, out: Location, signature: dict):
+        self.out, self.signature = out, signature
+
+    def save(self, accelerator, step, epoch, start, gen) -> None:
+        ckpts, name = self.out.child(CHECKPOINTS), checkpoint_name(step)
+        with _local_dir(ckpts, name, upload=True) as path:
+            write_state(accelerator, path, gen)
+        accelerator.wait_for_everyone()  # save_state has no barrier: all ranks' files first
+        if accelerator.is_main_process:
+            # one object written whole, last: it marks the checkpoint complete
+            data = progress_of(step, epoch, start, self.signature, {})
+            ckpts.write_bytes(f"{name}/{PROGRESS}", data)
+        accelerator.wait_for_everyone()
+
+
+def resume(accelerator, out: Location, name: str, gen: torch.Generator) -> dict:
+    """Load checkpoint `name` (signature already checked); returns its progress.json (step,
+    epoch, batches_done, run, ...). A rank the checkpoint's run did not have (an elastic run
+    grown back) starts a fresh generator seeded from (step, rank)."""
     ckpts = out.child(CHECKPOINTS)
     where = f"{ckpts.url}/{name}"
     state = json.loads(ckpts.read_bytes(f"{name}/{PROGRESS}"))
@@ -192,14 +231,19 @@ def resume(accelerator, out: Location, name: str, gen: torch.Generator) -> tuple
                 f"--resume: checkpoint {where} does not fit this network: {e}"
             ) from None
         gen_file = path / f"t_generator_rank{accelerator.process_index}.npy"
-        if not gen_file.is_file():
+        saved_world = state.get("world_size", state["run"].get("world_size"))
+        if gen_file.is_file():
+            gen.set_state(torch.from_numpy(np.load(gen_file, allow_pickle=False)))
+        elif saved_world is None or accelerator.process_index >= saved_world:
+            seed = np.random.SeedSequence([state["step"], accelerator.process_index])
+            gen.manual_seed(int(seed.generate_state(1)[0]))
+        else:
             raise UserError(f"--resume: checkpoint {where} lacks {gen_file.name}")
-        gen.set_state(torch.from_numpy(np.load(gen_file, allow_pickle=False)))
     accelerator.print(
         f"resumed from {where} at global step {state['step']} "
         f"(epoch {state['epoch']}, batch {state['batches_done']})"
     )
-    return state["step"], state["epoch"], state["batches_done"]
+    return state
 
 
 class StepLog:

@@ -11,9 +11,10 @@ from torch.utils.data import DataLoader
 from engine.stream import EpochStream, RecordStream, keep
 
 
-def record_stream(store: str, tc, rank: int, world: int, batch_size: int, seed: int):
+def record_stream(store: str, tc, rank: int, world: int, batch_size: int, seed: int, shares=None):
     """This rank's share of the store's first train.max_records records (all when 0), in
-    batches of `batch_size`, shuffled from `seed` (the data order of the run signature)."""
+    batches of `batch_size`, shuffled from `seed` (the data order of the run signature), planned
+    over `shares` data shares (default: one per rank; engine.stream, elastic runs)."""
     return RecordStream(
         store,
         tc.format,
@@ -23,12 +24,13 @@ def record_stream(store: str, tc, rank: int, world: int, batch_size: int, seed: 
         seed,
         shuffle_buffer=tc.shuffle_buffer,
         max_records=tc.max_records,
+        shares=shares,
     )
 
 
-def loader(stream: EpochStream, tc) -> DataLoader:
-    """One DataLoader over every epoch of `stream` (train.loader_workers processes)."""
-    if not tc.loader_workers:
+def loader(stream: EpochStream, workers: int) -> DataLoader:
+    """One DataLoader over every epoch of `stream` (`workers` processes, train.loader_workers)."""
+    if not workers:
         return DataLoader(stream, batch_size=None, collate_fn=keep)
     # Batches cross from workers as shared-memory tensors. The default "file_descriptor"
     # strategy passes each tensor's fd over a socket: ~1 ms per tensor on the trainer's side,
@@ -37,8 +39,8 @@ def loader(stream: EpochStream, tc) -> DataLoader:
     torch.multiprocessing.set_sharing_strategy("file_system")
     # Each worker's first batch of an epoch needs ~shuffle_buffer / workers records read first:
     # let it run that far ahead so the read hides behind steps instead of stalling one.
-    ahead = math.ceil(tc.shuffle_buffer / (tc.batch_size * tc.loader_workers)) + 2
-    workers = tc.loader_workers
+    s = stream.stream
+    ahead = math.ceil(s.shuffle_buffer / (s.batch_size * workers)) + 2
     return DataLoader(
         stream, batch_size=None, num_workers=workers, prefetch_factor=ahead, collate_fn=keep
     )

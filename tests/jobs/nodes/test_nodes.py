@@ -1,10 +1,6 @@
-"""Collection and evaluation across several Ray nodes on one machine (ray.cluster_utils.Cluster,
-as Ray's own tests do): a head with no CPUs, so every actor runs on a worker node, and worker
-nodes that are removed hard mid-run; and a whole pipeline submitted to that cluster as a Ray job.
-All on 127.0.0.1; the test ends exactly the processes it started.
-
-(`ray start` cannot build this cluster here: with the loopback switch on it refuses a second
-node, and with it off the nodes advertise the machine's outward address.)"""
+"""Collection and evaluation across several Ray nodes on one machine (the package's `nodes`
+cluster: a 0-CPU head, so every actor runs on a worker node, and worker nodes that are removed
+hard mid-run); and a whole pipeline submitted to that cluster as a Ray job."""
 
 from __future__ import annotations
 
@@ -18,8 +14,6 @@ from pathlib import Path
 
 import pytest
 import ray
-from ray._private import ray_constants
-from ray.cluster_utils import Cluster
 
 import engine.pool
 import jobs.evaluate
@@ -32,7 +26,7 @@ from engine.synthetic import SyntheticSimulator
 from jobs.cli import main
 
 EPISODES, SHARD = 240, 12  # 20 shards, one record each per episode
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 class SlowSimulator(SyntheticSimulator):
@@ -43,46 +37,12 @@ class SlowSimulator(SyntheticSimulator):
         return super().records(index)
 
 
-@pytest.fixture(scope="module")
-def nodes(ray_procs, free_port):
-    """(cluster, [worker node, worker node]): a 0-CPU head (with the dashboard, for job
-    submission) and two 1-CPU worker nodes, with this process as the driver."""
-    mark = ray_procs.mark("nodes")
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in ray_procs.env(mark).items():
-            mp.setenv(key, value)
-        # a submitted job's entrypoint `python` is looked up in the PATH the head started with
-        mp.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-        # every node binds and advertises loopback only (see engine.pool.connect)
-        mp.setenv(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, "0")
-        mp.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)
-        _reload_ray_config()  # RAY_AUTH_MODE was read when ray was imported
-        dashboard = free_port()
-        head = {"num_cpus": 0, "include_dashboard": True, "dashboard_host": "127.0.0.1"}
-        cluster = Cluster(
-            initialize_head=True, head_node_args={**head, "dashboard_port": dashboard}
-        )
-        cluster.dashboard = f"http://127.0.0.1:{dashboard}"
-        try:
-            workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
-            ray.init(address=cluster.address)
-            assert cluster.address.startswith("127.0.0.1:"), cluster.address
-            # actors unpickle SlowSimulator: ship this module by value
-            ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-            yield cluster, workers
-        finally:
-            ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
-            ray.shutdown()
-            cluster.shutdown()
-            mp.undo()
-            _reload_ray_config()
-    assert not ray_procs.wait_gone(mark, 60), "the cluster's processes outlived its shutdown"
-
-
-def _reload_ray_config() -> None:
-    from ray._raylet import Config
-
-    Config.initialize("")
+@pytest.fixture(scope="module", autouse=True)
+def ship_this_module():
+    # actors unpickle SlowSimulator: ship this module by value
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    yield
+    ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
 
 def test_a_node_removed_hard_mid_collection_loses_and_duplicates_nothing(nodes, tmp_path, capfd):
@@ -155,13 +115,18 @@ def test_a_node_lost_mid_evaluation_leaves_every_episode_counted_once(
 
 
 def test_a_pipeline_submitted_as_a_ray_job_finishes_with_complete_outputs(nodes, tmp_path):
-    # the job's driver runs on the 0-CPU head; collection and evaluation actors (1 CPU each) can
-    # only run on the two worker nodes
+    # the job's driver runs on the 0-CPU head; collection and evaluation actors and the Ray Train
+    # workers of pretrain and train (1 CPU each) can only run on the two worker nodes
     cluster, _ = nodes
     out = tmp_path / "run"  # absolute: the job runs in its unpacked copy of the working dir
+    # one drift (cubic) and SMAT: every kind of stage, at the smallest evaluation that shows it
+    methods = "[direct,bias_tuning,hyperflow_cubic,smat]"
     cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit"]
     cmd += ["--address", cluster.dashboard, "--runtime-env", "cluster/runtime_env.yaml"]
     cmd += ["--", "python", "-m", "jobs.cli", "pipeline", "--config", "tiny", "--out", str(out)]
+    # (the entrypoint is one shell string: the brackets are quoted)
+    cmd += ["--workers", "2", "--set", f"'evaluate.methods={methods}'"]
+    cmd += ["--set", "'evaluate.domains=[latin,georgian-noise]'"]
     proc = subprocess.run(
         cmd,
         cwd=REPO,  # runtime_env.yaml's working_dir "." is the repository
@@ -174,18 +139,25 @@ def test_a_pipeline_submitted_as_a_ray_job_finishes_with_complete_outputs(nodes,
     assert proc.returncode == 0, f"ray job submit failed:\n{logs[-4000:]}"
     assert "succeeded" in logs, logs[-2000:]
 
-    assert json.loads((out / "target" / "target.json").read_text())["bias_size"] > 0
+    head = cluster.head_node.node_id
+    target = json.loads((out / "target" / "target.json").read_text())
+    assert target["bias_size"] > 0
     report = inspect_store(str(out / "store"), verify=True)
     assert report["verify"]["ok"], report
     for fmt in ("zarr", "wds"):
         ids = [r.id for r in read_records(str(out / "store"), fmt)]
         assert len(ids) == len(set(ids)) == 16, fmt  # tiny.yaml: 16 episodes x 1 init
-    interpolants = sorted(p.name for p in (out / "drift").iterdir())
-    assert interpolants == ["linear", "piecewise_cubic", "piecewise_linear"]
-    assert all((out / "drift" / i / "drift.json").exists() for i in interpolants)
+    assert sorted(p.name for p in (out / "drift").iterdir()) == ["piecewise_cubic"]
+    drift = json.loads((out / "drift" / "piecewise_cubic" / "drift.json").read_text())["extra"]
+    smat = json.loads((out / "smat" / "smat.json").read_text())["extra"]
+    for name, meta in (("pretrain", target), ("drift", drift), ("smat", smat)):
+        # every training stage ran as 2 Ray Train workers, on the worker nodes only
+        assert meta["world_size"] == 2, name
+        nodes_used = {n for a in meta["attempts"] for n in a["nodes"]}
+        assert len(nodes_used) == 2 and head not in nodes_used, (name, meta["attempts"])
     results = json.loads((out / "eval" / "results.json").read_text())
-    domains = set(results["domains"])
+    assert set(results["domains"]) == {"latin", "georgian-noise"}
     for name, m in results["methods"].items():
-        assert set(m["acc"]) == domains, name
+        assert set(m["acc"]) == set(results["domains"]), name
         assert {a["n"] for a in m["acc"].values()} == {2}, name  # tiny.yaml: 2 per domain
-    assert {"direct", "bias_tuning", "hyperflow_cubic@5"} <= set(results["methods"])
+    assert {"direct", "bias_tuning", "hyperflow_cubic@5", "smat"} <= set(results["methods"])

@@ -67,8 +67,8 @@ def _nbytes(value: tuple[Tensor, Tensor | None]) -> int:
 def support_inputs(
     net: DriftNet, model: TargetModel, batch: dict, cache: SupportCache
 ) -> tuple[Tensor, Tensor | None]:
-    """Frozen encoder: (features [sum N, F], site stats [B, K, P] or None), from the cache or one
-    encoder pass over the records it lacks. A trained encoder runs inside the objective:
+    """Frozen encoder: (features [sum N, F], site stats [B, K, P] or None), from the cache or an
+    encoder pass per record it lacks. A trained encoder runs inside the objective:
     (normalised images [sum N, C, H, W], None)."""
     device = net.velocity_scale.device
     if not net.frozen_encoder:
@@ -77,14 +77,14 @@ def support_inputs(
     rows = zip(batch["ids"], *split_support(batch))
     missing = [(i, x, y) for i, x, y in rows if i not in found]
     cache.misses += len(missing)
-    if missing:
-        images = model.preprocess(torch.cat([x for _, x, _ in missing])).to(device)
-        feats, stats = net.support_inputs(images, [y.to(device) for _, _, y in missing])
-        per_record = feats.split([len(x) for _, x, _ in missing])
-        for j, ((i, _, _), f) in enumerate(zip(missing, per_record)):
-            found[i] = (f, None if stats is None else stats[j])
-            if cache.max_bytes:
-                cache.put(i, (f.clone(), None if stats is None else stats[j].clone()))
+    # one encoder pass per record: a record's inputs then do not depend on which records share
+    # its batch (kernels differ in the last bits across batch sizes), so a resumed run, whose
+    # cache starts empty, computes exactly what the uninterrupted run cached
+    for i, x, y in missing:
+        feats, stats = net.support_inputs(model.preprocess(x).to(device), [y.to(device)])
+        found[i] = (feats, None if stats is None else stats[0])
+        if cache.max_bytes:
+            cache.put(i, (feats.clone(), None if stats is None else stats[0].clone()))
     features = torch.cat([found[i][0] for i in batch["ids"]])
     if not net.n_stats:
         return features, None

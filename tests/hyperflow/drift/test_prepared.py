@@ -1,0 +1,89 @@
+"""The test-time drift (prepare / time_rows / velocity) computes what DriftNet.forward computes.
+
+Compared in float64 on a small net whose every weight and buffer is random and non-zero (the
+zero-initialised gates and local head would otherwise hide their terms): the two differ only in
+op order, so they agree to ~1e-15 relative; a missing or misplaced term is O(1) off.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hyperflow.drift import DriftConfig, DriftNet, Task
+from hyperflow.solvers import integrate, time_grid
+
+H = 4.0  # horizon
+RTOL = 1e-10  # float64: op-order rounding ~1e-15 relative to the velocities' size
+
+
+def _random_net(layout, encoder, site_stats: bool) -> DriftNet:
+    torch.manual_seed(1)
+    dims = {"layer_dim": 8, "width": 16, "depth": 2, "task_dim": 8}
+    cfg = DriftConfig("small", "target", "linear", site_stats, **dims)
+    net = DriftNet(layout, cfg, encoder, 16, H)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(0.5 * torch.randn_like(p))
+        for name, b in net.named_buffers():
+            if b.is_floating_point() and name != "freqs":  # offsets and positive scales
+                b.copy_(torch.rand_like(b) + 0.5)
+    return net.double().eval()
+
+
+def _task(net: DriftNet, B: int) -> Task:
+    g = torch.Generator().manual_seed(2)
+    emb = torch.randn(B, net.task_dim, generator=g, dtype=torch.float64)
+    if not net.n_stats:
+        return Task(emb)
+    return Task(emb, torch.randn(B, net.n_stats, net.layout.size, generator=g, dtype=torch.float64))
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return bool(((a - b).abs() <= RTOL * b.abs().max()).all())
+
+
+@pytest.mark.parametrize("site_stats", [True, False])
+def test_velocity_equals_forward(layout, encoder, site_stats):
+    net = _random_net(layout, encoder, site_stats)
+    task = _task(net, 3)
+    theta = torch.randn(3, layout.size, dtype=torch.float64)
+    t = torch.tensor([0.0, 1.3, 3.9], dtype=torch.float64)  # one time per episode
+    with torch.no_grad():
+        prepared = net.prepare(task)
+        ref = net(theta, t, task)
+        wrong = net.velocity(theta, prepared, net.time_rows(prepared, t[:1].expand(3)))
+        fast = net.velocity(theta, prepared, net.time_rows(prepared, t))  # row b: t[b]
+    assert _close(fast, ref)
+    assert ref.abs().max() > 1  # O(1) velocities: the tolerance tells terms apart
+    assert not _close(wrong, ref)  # ... and times: every episode at t[0] is caught
+
+
+@pytest.mark.parametrize("solver", ["euler", "midpoint"])
+def test_an_integrated_path_equals_one_of_forward(layout, encoder, solver):
+    # as adapted_theta integrates: grid times from one batch of rows, a stage time off the grid
+    # (midpoint) from its own; the reference calls forward at every step through torchdiffeq
+    net = _random_net(layout, encoder, True)
+    task, steps = _task(net, 1), 6
+    theta0 = torch.randn(1, layout.size, dtype=torch.float64)
+    prepared = net.prepare(task)
+    grid = time_grid(H, steps, theta0)
+    rows = net.time_rows(prepared, grid)
+    row_of = {float(t): k for k, t in enumerate(grid)}
+    used = []
+
+    def fast(t, theta):
+        k = row_of.get(float(t))
+        used.append(k is not None)
+        here = rows.row(k) if k is not None else net.time_rows(prepared, t.reshape(1))
+        return net.velocity(theta, prepared, here)
+
+    def ref(t, theta):
+        return net(theta, t.reshape(1), task)
+
+    with torch.no_grad():
+        out = integrate(fast, theta0, H, steps, solver)
+        expected = integrate(ref, theta0, H, steps, solver, use_torchdiffeq=True)
+    assert _close(out, expected)
+    assert sum(used) == steps  # every grid time came from the batched rows
+    assert (out - theta0).abs().max() > 1  # the path moved: the comparison is not trivial
