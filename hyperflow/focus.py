@@ -14,7 +14,7 @@ seeded by (spec seed, e):
 
 A high score means the drift is wrong there, and bias-tuning trajectories of such episodes are
 the data it lacks. Scores depend on nothing but (spec, drift, steps, score, e), so any actor can
-score any chunk; jobs/collect_focus.py runs FocusScorer on Ray actors.
+score any chunk; jobs/collect/focus.py runs FocusScorer on Ray actors.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from hyperflow.errors import UserError
 COMMANDS = {
     "data": ("data_info", "inspect a dataset spec: domains, classes, a PNG contact sheet"),
     "pretrain": ("pretrain", "train the target backbone on the base domains"),
-    "collect": ("collect", "simulate bias-tuning trajectories on Ray into a sharded store"),
+    "collect": ("collect.command", "simulate bias-tuning trajectories on Ray into a sharded store"),
     "inspect": ("inspect_store", "summarise and verify a trajectory store"),
     "train": (
         "train.command",
@@ -21,7 +21,7 @@ COMMANDS = {
     "evaluate": ("evaluate", "evaluate direct, gradient and HyperFlow adaptation per domain"),
     "pipeline": ("pipeline", "pretrain, collect, train and evaluate end to end"),
     "sweep": ("sweep", "the scaling curve: drift sizes x trajectory counts, docs table + PNG"),
-    "bench": ("bench", "benchmarks printing JSON"),
+    "bench": ("bench.command", "benchmarks printing JSON"),
 }
 
 

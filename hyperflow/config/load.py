@@ -48,7 +48,7 @@ def load_config(name_or_path: str, overrides: list[str] | None = None) -> Config
     if not path.is_file():
         names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
         raise UserError(f"config {name_or_path!r} not found (named configs: {names}, or a path)")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = _yaml(path.read_text(), f"config file {str(path)!r}") or {}
     if not isinstance(raw, dict):
         raise UserError(f"config {str(path)!r} must be a YAML mapping")
     for item in overrides or []:
@@ -61,8 +61,16 @@ def load_config(name_or_path: str, overrides: list[str] | None = None) -> Config
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise UserError(f"config key {'.'.join(parents[: i + 1])!r} has no keys")
-        node[leaf] = yaml.safe_load(value)
+        node[leaf] = _yaml(value, f"override {item!r}")
     return validate(Config, raw)
+
+
+def _yaml(text: str, what: str):
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        first = str(e).strip().splitlines()[0]
+        raise UserError(f"{what} is not valid YAML ({first})") from None
 
 
 def to_dict(cfg: Config) -> dict:

@@ -351,3 +351,10 @@ def test_importing_the_config_loads_no_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_an_override_that_is_not_yaml_is_named():
+    with pytest.raises(
+        UserError, match=r"override \"train.interpolant='linear\" is not valid YAML"
+    ):
+        load_config("tiny", ["train.interpolant='linear"])

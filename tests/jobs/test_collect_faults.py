@@ -21,7 +21,7 @@ import pytest
 import ray
 
 import engine.collect
-import jobs.collect
+import jobs.collect.command
 from engine.collect import ShardWriter
 from engine.inspect import inspect_store
 from engine.manifest import MANIFEST, Manifest
@@ -158,7 +158,7 @@ def test_actor_killed_midway_loses_and_duplicates_nothing(
 ):
     store = tmp_path / "store"
     faulty = functools.partial(engine.collect.collect, actor_cls=KillOnceWriter)
-    monkeypatch.setattr(jobs.collect, "collect", faulty)
+    monkeypatch.setattr(jobs.collect.command, "collect", faulty)
     assert main(_collect_argv(local_store, store, "--workers", "2")) == 0
     assert (tmp_path / "store.killed").exists(), "the fault was never injected"
     assert "actors replaced: 1" in capsys.readouterr().out

@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import jobs.collect_focus
+import jobs.collect.focus
 from engine.manifest import MANIFEST, Manifest
 from engine.record import make_id, record_diff
 from engine.stores import read_records
@@ -319,8 +319,8 @@ def test_failed_scoring_writes_nothing(drift, untrained_target, tmp_path, monkey
     def lost(*args, **kwargs):
         raise RuntimeError("every scoring actor died")
 
-    monkeypatch.setattr(jobs.collect_focus, "connect", lambda address: None)
-    monkeypatch.setattr(jobs.collect_focus, "score_episodes", lost)
+    monkeypatch.setattr(jobs.collect.focus, "connect", lambda address: None)
+    monkeypatch.setattr(jobs.collect.focus, "score_episodes", lost)
     out = tmp_path / "store"
     argv = ["collect", "--config", "tiny", "--target", str(untrained_target), "--out", str(out)]
     with pytest.raises(RuntimeError, match="every scoring actor died"):

@@ -149,7 +149,7 @@ def test_train_checkpoints_and_resumes_on_the_bucket(cli, s3, cwd, tiny_target, 
     from safetensors.torch import load
 
     from hyperflow.config import load_config
-    from jobs.benches.stream import write_synthetic_store
+    from jobs.bench.stream import write_synthetic_store
 
     store = tmp_path / "store"
     write_synthetic_store(store, tiny_target, load_config("tiny"), [8, 8], seed=1)

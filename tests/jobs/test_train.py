@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 
 from hyperflow.config import load_config
 from hyperflow.model import TargetConfig, TargetModel, save_target
-from jobs.benches.stream import summarize, write_synthetic_store
+from jobs.bench.stream import summarize, write_synthetic_store
 from jobs.cli import main as cli_main
 
 REPO = Path(__file__).resolve().parents[2]

@@ -2,7 +2,7 @@
 steps and resumes to the very same result, bf16, checkpoints without the frozen target (and old
 checkpoints with it still resuming), FSDP over two gloo ranks matching DDP, and clear errors.
 
-Stores hold synthetic records (jobs.benches.stream.write_synthetic_store) shaped like the tiny
+Stores hold synthetic records (jobs.bench.stream.write_synthetic_store) shaped like the tiny
 target's collection; subprocesses run with one intra-op thread (see test_train.py). Resumes start
 from a copy of an uninterrupted run's directory without its newest checkpoint: what a run killed
 after that checkpoint leaves behind (test_train.py also kills real runs).
@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from hyperflow.config import load_config
 from hyperflow.drift import load_drift
 from hyperflow.model import load_target
-from jobs.benches.stream import write_synthetic_store
+from jobs.bench.stream import write_synthetic_store
 from jobs.cli import main as cli_main
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}

@@ -2,7 +2,7 @@
 uninterrupted run, trained gates at their sparsity target, the evaluator's `smat` and
 `smat_finetune` methods, and settings refused before anything is written.
 
-The store holds synthetic records shaped like the tiny target's collection (jobs.benches.stream),
+The store holds synthetic records shaped like the tiny target's collection (jobs.bench.stream),
 as in test_train.py: what is tested here does not depend on what the trajectories mean.
 """
 
@@ -20,7 +20,7 @@ from engine.storage import location
 from hyperflow.config import load_config
 from hyperflow.model import TargetConfig, TargetModel, load_target
 from hyperflow.smat import Smat, SmatConfig, load_smat, save_smat
-from jobs.benches.stream import write_synthetic_store
+from jobs.bench.stream import write_synthetic_store
 from jobs.cli import main as cli_main
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}

@@ -124,9 +124,8 @@ def test_a_pipeline_submitted_as_a_ray_job_finishes_with_complete_outputs(nodes,
     cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit"]
     cmd += ["--address", cluster.dashboard, "--runtime-env", "cluster/runtime_env.yaml"]
     cmd += ["--", "python", "-m", "jobs.cli", "pipeline", "--config", "tiny", "--out", str(out)]
-    # (the entrypoint is one shell string: the brackets are quoted)
-    cmd += ["--workers", "2", "--set", f"'evaluate.methods={methods}'"]
-    cmd += ["--set", "'evaluate.domains=[latin,georgian-noise]'"]
+    cmd += ["--workers", "2", "--set", f"evaluate.methods={methods}"]
+    cmd += ["--set", "evaluate.domains=[latin,georgian-noise]"]
     proc = subprocess.run(
         cmd,
         cwd=REPO,  # runtime_env.yaml's working_dir "." is the repository

@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file
 
 from hyperflow.config import load_config
-from jobs.benches.stream import write_synthetic_store
+from jobs.bench.stream import write_synthetic_store
 from jobs.cli import main
 
 REPO = Path(__file__).resolve().parents[3]

@@ -4,7 +4,7 @@ The store is a fixed list of shards (episode index ranges). The driver skips sha
 manifest, deletes leftovers of uncommitted ones, hands the rest to actors with bounded in-flight
 work, and commits each shard to manifest.json as its writer reports it. Re-running the same command
 on a store therefore completes it; a store from another config is refused. With --focus, the
-store's episodes are chosen where a trained drift network adapts worst (jobs/collect_focus.py).
+store's episodes are chosen where a trained drift network adapts worst (jobs/collect/focus.py).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from hyperflow.simulator import (
     CollectSpec,
     shard_episodes,
 )
-from jobs.collect_focus import plan_focus, summary
+from jobs.collect.focus import plan_focus, summary
 from jobs.common import add_config_args, output, positive_int, source
 
 # collect.format -> store formats written: each of engine.stores.STORES, or all of them

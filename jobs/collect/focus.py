@@ -4,7 +4,8 @@ The store holds the uniform episodes 0..P-1 (collect.focus_prefix; in shards lai
 uniform store lays them, so with P = the drift's training episodes they are that store's
 shards, record for record) and then M episodes chosen from the fresh candidates [S, S + pool M)
 (collect.focus_start, collect.focus_pool): the M on which the drift falls furthest short of
-bias-tuning (collect.focus_score; hyperflow.focus, scored on Ray actors by jobs/focus_scoring.py).
+bias-tuning (collect.focus_score; hyperflow.focus, scored on Ray actors by
+jobs/collect/focus_scoring.py).
 STORE/focus.json holds the choice, written before the manifest, so a re-run reads it instead of
 rescoring; the manifest config's "focus" entry names the drift (digest), the settings and a
 digest of the chosen list, so another drift or setting on the same store is refused as another
@@ -28,8 +29,8 @@ from hyperflow.drift.io import META, WEIGHTS, read_drift_meta
 from hyperflow.errors import UserError
 from hyperflow.focus import choose, summarize
 from hyperflow.simulator import IMPLIED_BY_OLDER_STORES, shard_episodes
+from jobs.collect.focus_scoring import score_episodes
 from jobs.common import source
-from jobs.focus_scoring import score_episodes
 
 FOCUS = "focus.json"
 FORMAT = "hyperflow-focus/1"

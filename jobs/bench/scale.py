@@ -2,7 +2,7 @@
 
 The synthetic simulator (engine.synthetic; small P, 4x4 support images) collects N records in
 shards of 100 into a store on local disk (default: a temp dir, removed afterwards) or at --out
-(any URL). The collection driver runs as its own process (jobs/benches/scale_driver.py) and is
+(any URL). The collection driver runs as its own process (jobs/bench/scale_driver.py) and is
 SIGKILLed once 95% of the shards are committed, then restarted to finish. Reported:
 
   commit_s_first_10pct, commit_s_last_10pct   driver seconds per shard commit, mean over the
@@ -38,7 +38,7 @@ from pathlib import Path
 from engine.checksum import verify_shards
 from engine.manifest import MANIFEST, Manifest
 from engine.storage import check_access, location
-from jobs.benches.scale_driver import peak_rss
+from jobs.bench.scale_driver import peak_rss
 
 SHARD_RECORDS = 100
 KILL_AT = 0.95  # share of shards committed when the driver is killed
@@ -46,7 +46,7 @@ _MARK = "HYPERFLOW_BENCH_SCALE"
 
 
 def _driver(store: str, records: int, fmt: str, workers: int, mark: str, *extra: str):
-    argv = [sys.executable, "-m", "jobs.benches.scale_driver", store, "--records", str(records)]
+    argv = [sys.executable, "-m", "jobs.bench.scale_driver", store, "--records", str(records)]
     argv += ["--shard-records", str(SHARD_RECORDS), "--workers", str(workers), "--format", fmt]
     env = {**os.environ, _MARK: mark, "RAY_TMPDIR": _ray_dir(mark)}
     return subprocess.Popen(

@@ -2,7 +2,7 @@
 SIGKILL it and measure its memory: the synthetic simulator on Ray actors into STORE, one JSON
 line per event on stdout ({"event": "start" | "commit" | "done", "t": unix time, ...}).
 
-    python -m jobs.benches.scale_driver STORE --records N --shard-records R --workers W --format F
+    python -m jobs.bench.scale_driver STORE --records N --shard-records R --workers W --format F
 
 With --stream-rank K --world W it instead opens STORE as rank K of W trainer ranks would
 (RecordStream, a DataLoader with one worker) and prints {"event": "stream", "seconds": until the

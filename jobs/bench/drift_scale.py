@@ -41,7 +41,7 @@ from safetensors.torch import load_file
 from hyperflow.bias import BiasLayout
 from hyperflow.config import load_config
 from hyperflow.model import TargetModel, save_target
-from jobs.benches.stream import write_synthetic_store
+from jobs.bench.stream import write_synthetic_store
 
 STEPS, RANKS = 100, 2
 RECORDS, SHARD_RECORDS = 256, 32

@@ -21,13 +21,13 @@ import json
 from jobs.common import add_config_args, positive_int
 
 BENCHES = {
-    "simulate": "jobs.benches.simulate",
-    "collect": "jobs.benches.collect",
-    "stream": "jobs.benches.stream",
-    "adapt": "jobs.benches.adapt",
-    "scale": "jobs.benches.scale",
-    "drift-scale": "jobs.benches.drift_scale",
-    "smat-sweep": "jobs.benches.smat_sweep",
+    "simulate": "jobs.bench.simulate",
+    "collect": "jobs.bench.collect",
+    "stream": "jobs.bench.stream",
+    "adapt": "jobs.bench.adapt",
+    "scale": "jobs.bench.scale",
+    "drift-scale": "jobs.bench.drift_scale",
+    "smat-sweep": "jobs.bench.smat_sweep",
 }
 
 

@@ -1,0 +1,1 @@
+"""`hyperflow bench NAME`: the command (command.py) and one module per benchmark."""
