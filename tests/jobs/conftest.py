@@ -244,3 +244,40 @@ def local_store(untrained_target, ray_procs, tmp_path_factory) -> dict:
     ray_procs.end(mark)
     assert not left, f"local mode left Ray processes running: {left}"
     return {"store": store, "argv": argv, "stdout": proc.stdout}
+
+
+@pytest.fixture(scope="session")
+def cluster_env(ray_cluster, ray_procs):
+    """Env vars for a `hyperflow` subprocess that runs its Ray work on the session cluster
+    (RAY_ADDRESS: no private cluster to start, ~10-20 s each) with one thread per process
+    (a function: each call marks a fresh group of processes, for the clean-up check)."""
+
+    def env(name: str = "client") -> dict[str, str]:
+        return {
+            **ray_procs.env(ray_procs.mark(name)),
+            **ray_cluster["env"],
+            "RAY_ADDRESS": ray_cluster["address"],
+            "OMP_NUM_THREADS": "1",
+        }
+
+    return env
+
+
+BASELINE_DOMAINS = ["latin", "hebrew-invert", "georgian-noise"]  # one base, two held-out
+
+
+@pytest.fixture(scope="session")
+def baselines(untrained_target, cluster_env, tmp_path_factory) -> dict:
+    """`hyperflow evaluate --methods direct,bias_tuning` of the untrained target on 3 domains,
+    2 episodes each: the results a `--reuse` or `sweep --baselines` copies (shared, read-only).
+
+    Yields dir (the output directory), target, domains and sets (the --set flags it ran with).
+    """
+    out = tmp_path_factory.mktemp("baselines") / "eval"
+    sets = ["--set", f"evaluate.domains=[{','.join(BASELINE_DOMAINS)}]"]
+    hyperflow(
+        *("evaluate", "--config", "tiny", "--target", str(untrained_target), "--out", str(out)),
+        *("--methods", "direct,bias_tuning", "--episodes", "2", *sets),
+        env=cluster_env("baselines"),
+    )
+    return {"dir": out, "target": untrained_target, "domains": BASELINE_DOMAINS, "sets": sets}

@@ -180,7 +180,7 @@ def test_driver_killed_after_first_commit_resumes_exactly(
         proc = subprocess.Popen(
             [sys.executable, "-m", "jobs.cli", *argv],
             cwd=REPO,
-            env={**os.environ, **ray_procs.env(mark)},
+            env={**os.environ, **ray_procs.env(mark), "OMP_NUM_THREADS": "1"},
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -223,7 +223,7 @@ def test_driver_killed_after_first_commit_resumes_exactly(
 
     # 4. resume on the shared cluster: complete, exactly N records, committed files untouched
     resume_mark = ray_procs.mark("resume")
-    env = {**ray_procs.env(resume_mark), **driver["env"]}
+    env = {**ray_procs.env(resume_mark), **driver["env"], "OMP_NUM_THREADS": "1"}
     resumed = cli(*argv, "--address", driver["address"], env=env)
     assert not ray_procs.wait_gone(resume_mark), "the resumed driver left processes behind"
     assert "removed" in resumed.stdout and "uncommitted leftovers" in resumed.stdout

@@ -18,7 +18,7 @@ def test_collect_into_a_bucket_then_inspect_and_verify(
     work = tmp_path / "work"
     work.mkdir()
     mark = ray_procs.mark("collect-s3")
-    env = {**s3["env"], **ray_procs.env(mark)}
+    env = {**s3["env"], **ray_procs.env(mark), "OMP_NUM_THREADS": "1"}
     argv = ["collect", "--config", "tiny", "--target", str(untrained_target), "--out", url]
     cli(*argv, env=env, cwd=work)
     assert not ray_procs.wait_gone(mark), "collect left Ray processes behind"

@@ -1,33 +1,50 @@
-"""`hyperflow evaluate --reuse PREVIOUS`: baselines computed once, for the same episodes only."""
+"""`hyperflow evaluate --reuse PREVIOUS`: baselines computed once, for the same episodes only.
+
+The previous evaluation is the session's `baselines` (direct and bias_tuning, shared with
+test_sweep); refusals run `hyperflow evaluate` in this process and must exit 2 before Ray starts.
+"""
 
 from __future__ import annotations
 
 import json
 
-DOMAINS = "evaluate.domains=[latin,hebrew-invert]"
+import jobs.evaluate
+from jobs.cli import main
 
 
-def _evaluate(cli, target, out, methods, *extra, check=True):
-    argv = ["evaluate", "--config", "tiny", "--target", str(target), "--out", str(out)]
-    argv += ["--methods", methods, "--episodes", "2", "--set", DOMAINS, *extra]
-    return cli(*argv, check=check, env={"OMP_NUM_THREADS": "1"})
+def _argv(baselines, out, methods, *extra) -> list[str]:
+    argv = ["evaluate", "--config", "tiny", "--target", str(baselines["target"]), "--out", str(out)]
+    return [*argv, "--methods", methods, "--episodes", "2", *baselines["sets"], *extra]
 
 
-def test_reused_baselines_are_copied_not_rerun(cli, tiny_target, tmp_path):
-    first = tmp_path / "first"
-    _evaluate(cli, tiny_target, first, "direct,bias_tuning")
+def _refused(argv: list[str], monkeypatch, capsys) -> str:
+    """Run `hyperflow ARGV` in this process: exit 2 before Ray starts. Returns stderr."""
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray was started before the input was refused")
+
+    monkeypatch.setattr(jobs.evaluate, "connect", no_ray)
+    assert main(argv) == 2
+    return capsys.readouterr().err
+
+
+def test_reused_baselines_are_copied_not_rerun(
+    cli, baselines, cluster_env, tmp_path, monkeypatch, capsys
+):
+    first = baselines["dir"]
     before = json.loads((first / "results.json").read_text())
+    assert list(before["methods"]) == ["direct", "bias_tuning"]
 
     second = tmp_path / "second"
     methods = "direct,bias_tuning,head_tuning"
-    proc = _evaluate(cli, tiny_target, second, methods, "--reuse", str(first))
+    proc = cli(*_argv(baselines, second, methods, "--reuse", str(first)), env=cluster_env())
     after = json.loads((second / "results.json").read_text())
     assert "reusing direct, bias_tuning" in proc.stdout
     # copied whole (time and memory included): a re-run would measure other seconds
     for m in ("direct", "bias_tuning"):
         assert after["methods"][m] == before["methods"][m], m
     # the method it did not have was run, on every domain
-    assert set(after["methods"]["head_tuning"]["acc"]) == {"latin", "hebrew-invert"}
+    assert set(after["methods"]["head_tuning"]["acc"]) == set(baselines["domains"])
     assert list(after["methods"]) == ["direct", "bias_tuning", "head_tuning"]
     # the per-episode rows came along: paired intervals against the copied baselines
     assert after["methods"]["head_tuning"]["episodes"] and after["paired"]["methods"]["head_tuning"]
@@ -38,17 +55,16 @@ def test_reused_baselines_are_copied_not_rerun(cli, tiny_target, tmp_path):
     (tmp_path / "tampered.json").write_text(json.dumps(tampered))
     third = tmp_path / "third"
     extra = ("--reuse", str(tmp_path / "tampered.json"))
-    proc = _evaluate(cli, tiny_target, third, methods, *extra, check=False)
-    assert proc.returncode == 2 and "per-episode rows of bias_tuning" in proc.stderr
+    err = _refused(_argv(baselines, third, methods, *extra), monkeypatch, capsys)
+    assert "per-episode rows of bias_tuning" in err
     assert not (third / "results.json").exists()
 
 
-def test_reuse_of_other_episodes_is_refused_naming_the_field(cli, tiny_target, tmp_path):
-    first = tmp_path / "first"
-    _evaluate(cli, tiny_target, first, "direct")
+def test_reuse_of_other_episodes_is_refused_naming_the_field(
+    baselines, tmp_path, monkeypatch, capsys
+):
     other = tmp_path / "other"
-    extra = ("--reuse", str(first), "--set", "evaluate.seed=5")
-    proc = _evaluate(cli, tiny_target, other, "direct", *extra, check=False)
-    assert proc.returncode == 2
-    assert "seed=1000" in proc.stderr and "seed=5" in proc.stderr
+    extra = ("--reuse", str(baselines["dir"]), "--set", "evaluate.seed=5")
+    err = _refused(_argv(baselines, other, "direct", *extra), monkeypatch, capsys)
+    assert "seed=1000" in err and "seed=5" in err
     assert not (other / "results.json").exists()

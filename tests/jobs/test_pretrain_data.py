@@ -1,4 +1,7 @@
-"""`hyperflow data info` and `hyperflow pretrain`: outputs, and clear errors on bad input."""
+"""`hyperflow data info` and `hyperflow pretrain`: outputs, and clear errors on bad input.
+
+The commands run in this process (`jobs.cli.main`: no interpreter start-up per case); a refused
+one must exit 2 before any training or Ray work starts."""
 
 from __future__ import annotations
 
@@ -8,11 +11,35 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import jobs.evaluate
+import jobs.pretrain
+from jobs.cli import main
 
-def test_data_info_lists_domains_and_writes_a_contact_sheet(cli, tmp_path):
+
+@pytest.fixture
+def refused(monkeypatch, capsys):
+    """Run `hyperflow ARGV` in this process; it must exit 2 before training or Ray starts.
+    Returns stderr."""
+
+    def never(*args, **kwargs):
+        raise AssertionError("work started before the input was refused")
+
+    monkeypatch.setattr(jobs.pretrain, "pretrain_rank", never)
+    monkeypatch.setattr(jobs.evaluate, "connect", never)
+
+    def run(*argv: str) -> str:
+        code = main(list(argv))
+        err = capsys.readouterr().err
+        assert code == 2, err
+        return err
+
+    return run
+
+
+def test_data_info_lists_domains_and_writes_a_contact_sheet(tmp_path, capsys):
     sheet = tmp_path / "sheet.png"
-    proc = cli("data", "info", "--dataset", "glyphs", "--sheet", str(sheet), "--json")
-    info = json.loads(proc.stdout)
+    assert main(["data", "info", "--dataset", "glyphs", "--sheet", str(sheet), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
     splits = {d["split"] for d in info["domains"].values()}
     assert splits == {"base", "heldout"}
     assert all(d["classes"] >= 5 and d["images"] > 0 for d in info["domains"].values())
@@ -46,32 +73,29 @@ def _folder(root, classes: int, per_class: int):
         (["--set", "data.dataset=folder:/no/such/folder"], "/no/such/folder"),
     ],
 )
-def test_pretrain_bad_input(cli, tmp_path, argv, needle):
+def test_pretrain_bad_input(refused, tmp_path, argv, needle):
     out = tmp_path / "target"
-    proc = cli("pretrain", "--config", "tiny", "--out", str(out), *argv, check=False)
-    assert proc.returncode == 2, proc.stderr
-    assert needle in proc.stderr
+    assert needle in refused("pretrain", "--config", "tiny", "--out", str(out), *argv)
     assert not out.exists()
 
 
-def test_empty_folder_dataset(cli, tmp_path):
+def test_empty_folder_dataset(refused, tmp_path):
     (tmp_path / "empty").mkdir()
-    proc = cli(
+    err = refused(
         "data",
         "info",
         "--dataset",
         f"folder:{tmp_path / 'empty'}",
         "--sheet",
         str(tmp_path / "s.png"),
-        check=False,
     )
-    assert proc.returncode == 2 and "empty" in proc.stderr
+    assert "empty" in err
     assert not (tmp_path / "s.png").exists()
 
 
-def test_too_few_images_and_too_many_ways(cli, tiny_target, tmp_path):
+def test_too_few_images_and_too_many_ways(refused, tiny_target, tmp_path):
     small = _folder(tmp_path / "small", classes=6, per_class=3)  # 3 < shot + query
-    proc = cli(
+    err = refused(
         "evaluate",
         "--config",
         "tiny",
@@ -83,10 +107,9 @@ def test_too_few_images_and_too_many_ways(cli, tiny_target, tmp_path):
         "direct",
         "--out",
         str(tmp_path / "e1"),
-        check=False,
     )
-    assert proc.returncode == 2 and "class0" in proc.stderr, proc.stderr
-    proc = cli(
+    assert "class0" in err, err
+    err = refused(
         "evaluate",
         "--config",
         "tiny",
@@ -98,7 +121,6 @@ def test_too_few_images_and_too_many_ways(cli, tiny_target, tmp_path):
         "episodes.way=500",
         "--out",
         str(tmp_path / "e2"),
-        check=False,
     )
-    assert proc.returncode == 2 and "500" in proc.stderr, proc.stderr
+    assert "500" in err, err
     assert not (tmp_path / "e1").exists() and not (tmp_path / "e2").exists()

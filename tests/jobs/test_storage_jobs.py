@@ -114,15 +114,12 @@ def test_evaluate_reads_and_writes_the_bucket(cli, s3, cwd, tiny_target, ray_pro
     out = f"{s3['url']}/eval"
     argv = ["evaluate", "--config", "tiny", "--target", target, "--drift", f"{s3['url']}/drift"]
     argv += ["--methods", "direct,hyperflow_cubic", "--episodes", "1", "--workers", "1"]
-    argv += [
-        "--set",
-        "evaluate.domains=[latin,georgian-noise]",
-        "--set",
-        "evaluate.solver_steps=[2]",
-    ]
+    # one held-out domain: reading and writing the bucket does not depend on how many
+    argv += ["--set", "evaluate.domains=[georgian-noise]", "--set", "evaluate.solver_steps=[2]"]
     mark = ray_procs.mark("s3-evaluate")
+    env = {**s3["env"], **ray_procs.env(mark), "OMP_NUM_THREADS": "1"}
     try:
-        proc = cli(*argv, "--out", out, env={**s3["env"], **ray_procs.env(mark)}, cwd=cwd)
+        proc = cli(*argv, "--out", out, env=env, cwd=cwd)
         left = ray_procs.wait_gone(mark)  # the private cluster ends with its driver
     finally:
         ray_procs.end(mark)

@@ -98,7 +98,8 @@ def test_two_gloo_ranks_split_every_epoch(cli, tiny_target, tmp_path, free_port,
     out = tmp_path / "run"
     sets = ("train.steps=12", "train.batch_size=4", "train.warmup=4", "train.loader_workers=1")
     argv = _train_argv(store, tiny_target, out, *sets)
-    env = {"HYPERFLOW_TRAIN_SEEN": "1"}
+    # one thread per rank: torchrun only sets that itself for several ranks on one node
+    env = {"HYPERFLOW_TRAIN_SEEN": "1", **ONE_THREAD}
     if launch == "nproc":
         proc = cli(*argv, "--nproc", "2", env=env, timeout=300)
         logs = proc.stdout + proc.stderr

@@ -25,7 +25,7 @@ from jobs.cli import main as cli_main
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 TAU = 0.3
-STEPS, EVERY = 100, 50  # 16 records, 2 ranks x 2 episodes: 4 steps per epoch, 25 epochs
+STEPS, EVERY = 60, 30  # 16 records, 2 ranks x 2 episodes: 4 steps per epoch, 15 epochs
 SETS = (f"smat.tau={TAU}", f"smat.steps={STEPS}", f"smat.checkpoint_every={EVERY}")
 SETS += ("smat.batch_size=2", "smat.warmup=5")
 
@@ -51,7 +51,7 @@ def store(tiny_target, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def trained(cli, tiny_target, store, tmp_path_factory) -> Path:
-    """An uninterrupted 2-rank run, checkpoints at steps 50 and 100."""
+    """An uninterrupted 2-rank run, checkpoints at steps EVERY and STEPS."""
     out = tmp_path_factory.mktemp("smat-run") / "run"
     proc = cli(*_argv(store, tiny_target, out, *SETS), "--nproc", "2", env=ONE_THREAD, timeout=300)
     assert "world size 2" in proc.stdout + proc.stderr
@@ -66,7 +66,7 @@ def test_two_ranks_write_the_smat_the_evaluator_loads(trained, tiny_target):
     )
     assert [r["step"] for r in _log(trained)] == list(range(1, STEPS + 1))
     ckpts = sorted(p.name for p in (trained / "checkpoints").iterdir())
-    assert ckpts == ["step-00000050", "step-00000100"]
+    assert ckpts == [f"step-{EVERY:08d}", f"step-{STEPS:08d}"]
     assert load_smat(trained, load_target(tiny_target)).cfg.tau == TAU
 
 
@@ -84,7 +84,7 @@ def test_trained_gates_keep_the_sparsity_target(trained, tiny_target):
 
 
 def test_resumed_run_takes_the_uninterrupted_steps(cli, tiny_target, store, trained, tmp_path):
-    # a run killed after its step-50 checkpoint: that checkpoint, log rows past it, no smat.*
+    # a run killed after its step-EVERY checkpoint: that checkpoint, log rows past it, no smat.*
     out = tmp_path / "run"
     shutil.copytree(trained, out)
     shutil.rmtree(out / "checkpoints" / f"step-{STEPS:08d}")
@@ -104,13 +104,14 @@ def test_resumed_run_takes_the_uninterrupted_steps(cli, tiny_target, store, trai
         torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-6, msg=k)
 
 
-def test_evaluator_runs_both_smat_methods(cli, tiny_target, trained, tmp_path):
+def test_evaluator_runs_both_smat_methods(cli, cluster_env, tiny_target, trained, tmp_path):
     out = tmp_path / "eval"
     cli(
         *("evaluate", "--config", "tiny", "--target", str(tiny_target), "--smat", str(trained)),
         *("--methods", "direct,bias_tuning,smat,smat_finetune", "--episodes", "2"),
         *("--set", "evaluate.domains=[latin,georgian-noise]", "--workers", "1"),
         *("--out", str(out)),
+        env=cluster_env("smat-eval"),  # the session's Ray cluster, one thread per process
     )
     results = json.loads((out / "results.json").read_text())
     methods = results["methods"]
@@ -179,7 +180,7 @@ def test_smat_trains_into_a_bucket(cli, s3, tiny_target, store):
     # (checkpoints and resume on object storage are the drift trainer's code: test_storage_jobs)
     url = f"{s3['url']}/runs/smat"
     sets = ("smat.batch_size=4", "smat.steps=4", "smat.checkpoint_every=2")
-    proc = cli(*_argv(store, tiny_target, url, *sets), env=s3["env"])
+    proc = cli(*_argv(store, tiny_target, url, *sets), env={**s3["env"], **ONE_THREAD})
     assert f"wrote {url}/smat.safetensors" in proc.stdout
     loc = location(url)
     loc.fs.invalidate_cache()  # written by another process
