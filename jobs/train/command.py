@@ -34,6 +34,7 @@ the tests use it to check disjoint, complete epochs across real ranks.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from engine.manifest import Manifest
@@ -110,7 +111,9 @@ def run(args: argparse.Namespace) -> None:
     check_ray_arguments(args)
     module, _ = TRAINERS[args.method]
     module.check(args, cfg)
-    check_train_runtime(cfg.train, args.workers or world_size(args))
+    # a torchrun rank's own command line has lost --nproc: the world is in its environment
+    world = args.workers or int(os.environ.get("WORLD_SIZE", world_size(args)))
+    check_train_runtime(cfg.train, world)
     source(args.target, "--target")
     source(args.store, "--store")
     if cfg.train.max_records:  # a subset larger than the store: refused before --out exists

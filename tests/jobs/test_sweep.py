@@ -24,17 +24,13 @@ def _argv(store, target, baselines, out, *extra) -> list[str]:
 
 
 def test_a_sweep_trains_each_point_reports_it_and_resumes(
-    cli, local_store, untrained_target, baselines, cluster_env, tmp_path
+    cli, local_store, untrained_target, baselines, cluster_env, tmp_path, capfd
 ):
     store, base = local_store["store"], baselines["dir"]
     assert baselines["target"] == untrained_target  # the target the store was collected with
     out = tmp_path / "sweep"
-
-    def sweep():
-        argv = _argv(store, untrained_target, base, out, "--records", "8,16")
-        return cli(*argv, env=cluster_env("sweep"))
-
-    proc = sweep()
+    argv = _argv(store, untrained_target, base, out, "--records", "8,16")
+    proc = cli(*argv, env=cluster_env("sweep"))
     rows = json.loads(proc.stdout)["rows"]
     assert [(r["size"], r["records"]) for r in rows] == [("small", 8), ("small", 16)]
     # nested subsets: each point trained on exactly its share of the store
@@ -63,11 +59,14 @@ def test_a_sweep_trains_each_point_reports_it_and_resumes(
     assert all(p["heldout_recovery"] is not None for p in points), "the baselines have rows"
     assert "[sweep] hyperflow train" in proc.stderr
 
-    # a finished point is skipped: a larger grid only runs its new points
+    # a finished point is skipped: a larger grid only runs its new points (in this process: a
+    # point it ran would still be a `hyperflow` subprocess, its output on this process's fds)
     (out / "scaling.md").unlink()
-    again = sweep()
-    assert "[sweep] hyperflow" not in again.stderr
-    assert json.loads(again.stdout)["rows"] == rows
+    capfd.readouterr()
+    assert main(argv) == 0
+    again = capfd.readouterr()
+    assert "[sweep] hyperflow" not in again.err
+    assert json.loads(again.out)["rows"] == rows
     assert (out / "scaling.md").read_text() == table
 
 

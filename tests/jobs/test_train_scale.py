@@ -223,7 +223,7 @@ def test_fsdp_run_resumes_exactly(cli, tiny_target, store, fsdp_run, tmp_path):
         ("train.cache_bytes=-1", "'train.cache_bytes' must be >= 0"),
         ("train.width=0", "'train.width' must be >= 1"),
         ("train.time_dim=3", "'train.time_dim' must be even"),
-        ("train.fsdp=true", "train.fsdp=true shards over ranks"),
+        ("train.fsdp=true", "'train.fsdp' true shards over ranks"),
     ],
 )
 def test_bad_scale_setting_is_refused_before_writing(
