@@ -90,6 +90,7 @@ class Setup:
             ev.encode_chunk,
             smat=self.args.smat,
             step_scales=ev.step_scales,
+            compiled=ev.compile,
         )
 
     def heldout(self) -> list[str]:
@@ -117,7 +118,9 @@ def run(args: argparse.Namespace) -> None:
         curves = _curves(pool, setup.jobs, methods, setup.heldout(), setup.drifts, ev)
     finally:
         pool.shutdown()
-    memory = measure_memory(methods, setup.jobs[0], setup.init, ev.gpus_per_worker)
+    memory = {}
+    if ev.memory:
+        memory = measure_memory(methods, setup.jobs[0], setup.init, ev.gpus_per_worker)
     _report(setup, rows, methods, curves, memory)
 
 

@@ -11,11 +11,17 @@ from hyperflow.model import TargetConfig, TargetModel
 
 def pytest_collection_modifyitems(config, items):
     """Every test under tests/jobs is `slow`: they run `hyperflow` commands, Ray clusters and
-    torchrun ranks (minutes). `pytest -m "not slow"` (make test-fast) runs the unit tests."""
+    torchrun ranks (minutes). `pytest -m "not slow"` (make test-fast) runs the unit tests.
+
+    The multi-node tests (tests/jobs/nodes) go first: under pytest-xdist (`make test` runs
+    `-n 3 --dist loadfile`, one file per worker at a time) their two files are the longest work
+    units, and started last they would set the suite's length."""
     jobs = config.rootpath / "tests" / "jobs"
+    nodes = jobs / "nodes"
     for item in items:
         if item.path.is_relative_to(jobs):
             item.add_marker(pytest.mark.slow)
+    items.sort(key=lambda item: not item.path.is_relative_to(nodes))  # stable: order kept
 
 
 @pytest.fixture(scope="session")

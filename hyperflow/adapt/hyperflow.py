@@ -19,6 +19,7 @@ from hyperflow.adapt.methods import Adapted
 from hyperflow.bias import get_theta
 from hyperflow.data.episodes import Episode
 from hyperflow.drift import DriftNet, load_drift
+from hyperflow.drift.compiled import euler as compiled_euler
 from hyperflow.errors import UserError
 from hyperflow.model import TargetModel
 from hyperflow.solvers import integrate, time_grid
@@ -67,14 +68,20 @@ def adapted_theta(
     solver: str = "euler",
     return_path: bool = False,
     chunk: int = 0,
+    compiled: bool = False,
 ) -> torch.Tensor:
     """theta_T [P] reached by `steps` solver steps of the drift from the model's own biases,
     or with return_path the whole path [steps+1, P] at t = k T / steps. chunk > 0: the support
-    set goes through the encoder `chunk` images at a time (same result, less peak memory)."""
+    set goes through the encoder `chunk` images at a time (same result, less peak memory).
+    compiled: Euler steps as torch.compile'd blocks (drift/compiled.py; euler, theta_T only)."""
     support = [(model.preprocess(episode.support_x), episode.support_y)]
     task = net.encode_tasks(support, chunk)  # [1, D]
     theta0 = get_theta(model.backbone, model.layout).unsqueeze(0)  # [1, P]
     T = float(net.horizon)
+    if compiled and solver == "euler" and not return_path and hasattr(net, "prepare"):
+        prepared = net.prepare(task)
+        rows = net.time_rows(prepared, time_grid(T, steps, theta0)[:-1])  # step k at t = k T/steps
+        return compiled_euler(net, theta0, prepared, rows, T / steps)[0]
     drift = _drift(net, task, time_grid(T, steps, theta0))
     out = integrate(drift, theta0, T, steps, solver, return_path=return_path)
     return out[1][:, 0] if return_path else out[0]
@@ -107,11 +114,13 @@ def adapt_hyperflow(
     chunk: int = 0,
     scales: Sequence[float] = (),
     seed: int = 0,
+    compiled: bool = False,
 ) -> Adapted:
     """HyperFlow adaptation; `predict(model, episode, adapted)` gives the query logits. With
     `scales`, theta_T is replaced by the point theta_0 + s (theta_T - theta_0) of lowest support
-    loss over them (line_search; augmentation from `seed`), forward passes only."""
-    theta = adapted_theta(model, net, episode, steps, solver, chunk=chunk)  # [P]
+    loss over them (line_search; augmentation from `seed`), forward passes only. compiled: see
+    adapted_theta."""
+    theta = adapted_theta(model, net, episode, steps, solver, chunk=chunk, compiled=compiled)
     if scales:
         theta0 = get_theta(model.backbone, model.layout)  # [P]
         theta = line_search(model, episode, theta0, theta, scales, seed)[0]

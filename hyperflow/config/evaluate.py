@@ -54,6 +54,13 @@ class EvaluateConfig(Section):
     # activations, at the price of one more forward call per chunk; the gradient baselines tune on
     # the whole support set at once, as usual.
     encode_chunk: NonNegInt = 0
+    # HyperFlow's Euler steps run as torch.compile'd blocks of 5 (hyperflow/drift/compiled.py):
+    # ~2x faster per step on a CPU, for a one-off compile per evaluate worker (~10-15 s cold, ~2 s
+    # from inductor's on-disk cache). Same results up to float rounding. Other solvers: eager.
+    compile: bool = False
+    # peak adaptation memory per method, each on a fresh Ray actor after the evaluation (~5-10 s
+    # a method on a CPU); false leaves results.json's peak_memory_bytes null and the column "-"
+    memory: bool = True
     workers: PosInt = 2
     # each worker adapts on the device Ray assigns it: a GPU (or a share: 0.25 puts four workers
     # on one) when > 0, the CPU otherwise; memory is measured on that device

@@ -62,9 +62,11 @@ def method_specs(
     chunk: int = 0,
     smat: str | None = None,
     step_scales: Sequence[float] = (1.0,),
+    compiled: bool = False,
 ) -> list[MethodSpec]:
     """Expand method names into runnable variants; hyperflow methods once per solver step count
-    (encoding the support `chunk` images at a time, 0: all at once), each with an `_ls` twin that
+    (encoding the support `chunk` images at a time, 0: all at once; Euler steps compiled with
+    `compiled`), each with an `_ls` twin that
     line-searches `step_scales`; SMAT methods need `smat`, the trained SMAT's location (--smat)."""
     # chunk, solver, solver_steps and step_scales were checked by the config schema
     specs = []
@@ -82,7 +84,7 @@ def method_specs(
                     f"--drift provides {sorted(drifts) or 'none'}"
                 )
             for k in solver_steps:
-                args = (0.0, k, interp, solver, chunk, searched)
+                args = (0.0, k, interp, solver, chunk, searched, compiled)
                 specs.append(MethodSpec(f"{name}@{k}", "hyperflow", *args))
         elif name in SMAT_METHODS:
             if smat is None:

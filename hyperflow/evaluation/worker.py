@@ -34,6 +34,7 @@ class MethodSpec:
     solver: str = "euler"
     chunk: int = 0  # hyperflow: support images per encoder forward (0: all at once)
     scales: tuple[float, ...] = ()  # hyperflow: line-search scales of theta_T - theta_0 (_ls)
+    compiled: bool = False  # hyperflow: Euler steps as compiled blocks (drift/compiled.py)
 
     def support_forwards(self) -> int | None:
         """Forward passes over the support set one adaptation makes (one pass = one floor);
@@ -96,7 +97,9 @@ class EvalWorker:
             return adapt_smat_finetune(self.model, self.smat, episode, lr, steps, seed)
         net = self.drifts[method.drift]
         m = method
-        return adapt_hyperflow(self.model, net, episode, m.steps, m.solver, m.chunk, m.scales, seed)
+        return adapt_hyperflow(
+            self.model, net, episode, m.steps, m.solver, m.chunk, m.scales, seed, m.compiled
+        )
 
     def run(self, work: tuple[list[EpisodeJob], list[MethodSpec]]) -> list[dict]:
         """Adapt every episode with every method: one row per (episode, method)."""

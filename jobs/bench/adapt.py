@@ -74,6 +74,7 @@ def _measure(args, cfg: Config, target: str, drift: str, model: TargetModel) -> 
         ev.solver,
         ev.solver_steps,
         ev.encode_chunk,
+        compiled=ev.compile,
     )
     worker.run((jobs[:1], methods))  # warm-up: first calls set up kernels and thread pools
     seconds = defaultdict(list)

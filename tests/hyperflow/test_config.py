@@ -175,6 +175,8 @@ BAD = {
         "solver_steps": "[5, 0]",
         "step_scales": "[1, -0.5]",
         "encode_chunk": "-1",
+        "compile": "sometimes",
+        "memory": "[1]",
         "workers": "0",
         "gpus_per_worker": "-1",
         "placement_timeout": "0",

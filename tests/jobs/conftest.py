@@ -275,6 +275,7 @@ def baselines(untrained_target, cluster_env, tmp_path_factory) -> dict:
     """
     out = tmp_path_factory.mktemp("baselines") / "eval"
     sets = ["--set", f"evaluate.domains=[{','.join(BASELINE_DOMAINS)}]"]
+    sets += ["--set", "evaluate.memory=false"]  # test_evaluate measures memory
     hyperflow(
         *("evaluate", "--config", "tiny", "--target", str(untrained_target), "--out", str(out)),
         *("--methods", "direct,bias_tuning", "--episodes", "2", *sets),

@@ -60,6 +60,8 @@ def test_same_results_with_one_or_two_workers(cli, cluster_env, tiny_target, dri
             DOMAINS,
             "--workers",
             str(workers),
+            # memory measured once (w1); w2 shows the switch that leaves it out
+            *(["--set", "evaluate.memory=false"] if workers == 2 else []),
             "--out",
             str(out),
             env=cluster_env(f"w{workers}"),  # the session's Ray cluster, one thread per process
@@ -67,6 +69,7 @@ def test_same_results_with_one_or_two_workers(cli, cluster_env, tiny_target, dri
         runs[workers] = json.loads((out / "results.json").read_text())
     one, two = runs[1], runs[2]
     assert _accs(one) == _accs(two)
+    assert {m["peak_memory_bytes"] for m in two["methods"].values()} == {None}
     assert set(one["methods"]) == {
         "direct",
         "bias_tuning",

@@ -116,6 +116,7 @@ def test_evaluate_reads_and_writes_the_bucket(cli, s3, cwd, tiny_target, ray_pro
     argv += ["--methods", "direct,hyperflow_cubic", "--episodes", "1", "--workers", "1"]
     # one held-out domain: reading and writing the bucket does not depend on how many
     argv += ["--set", "evaluate.domains=[georgian-noise]", "--set", "evaluate.solver_steps=[2]"]
+    argv += ["--set", "evaluate.memory=false"]
     mark = ray_procs.mark("s3-evaluate")
     env = {**s3["env"], **ray_procs.env(mark), "OMP_NUM_THREADS": "1"}
     try:

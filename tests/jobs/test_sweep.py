@@ -15,6 +15,7 @@ from jobs.cli import main
 # fewer drift steps than tiny's 40 and only the reported solver step count: what is tested is
 # the grid, the copies and the report, not what the drift networks learn
 SETS = ["--set", "train.steps=10", "--set", "evaluate.solver_steps=[5]"]
+SETS += ["--set", "evaluate.memory=false"]  # test_evaluate measures memory
 
 
 def _argv(store, target, baselines, out, *extra) -> list[str]:

@@ -85,10 +85,14 @@ def test_zero_drift_net_returns_the_model_biases_and_leaves_the_model(tiny_model
     assert torch.equal(get_theta(model.backbone, model.layout), before)
 
 
-@pytest.mark.parametrize(("solver", "steps"), [("euler", 20), ("midpoint", 3), ("rk4", 2)])
-def test_adapted_theta_equals_forward_at_every_step(tiny_model, episodes, solver, steps):
+@pytest.mark.parametrize(
+    ("solver", "steps", "compiled"),
+    [("euler", 20, False), ("midpoint", 3, False), ("rk4", 2, False), ("euler", 12, True)],
+)
+def test_adapted_theta_equals_forward_at_every_step(tiny_model, episodes, solver, steps, compiled):
     # the precomputed / batched test-time drift against the straightforward one (forward at every
-    # step through torchdiffeq), all in float64: they differ in op order only (~1e-15 relative)
+    # step through torchdiffeq), all in float64: they differ in op order only (~1e-15 relative).
+    # compiled: Euler in compiled blocks of 5, here two and a remainder of 2 eager steps
     model = copy.deepcopy(tiny_model).double()
     net = _drift_net(model).double()
     with torch.no_grad():
@@ -100,7 +104,7 @@ def test_adapted_theta_equals_forward_at_every_step(tiny_model, episodes, solver
     task = Task(emb.double(), stats.double())
     net.encode_tasks = lambda supports, chunk=0: task  # the encoder pass is not what is compared
     theta0 = get_theta(model.backbone, model.layout).unsqueeze(0)  # [1, P] float64
-    out = adapted_theta(model, net, episodes[0], steps, solver)
+    out = adapted_theta(model, net, episodes[0], steps, solver, compiled=compiled)
     with torch.no_grad():
         ref = integrate(
             lambda t, th: net(th, t.reshape(1), task),

@@ -10,7 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hyperflow.drift import DriftConfig, DriftNet, Task
+from hyperflow.drift import DriftConfig, DriftNet, Task, compiled
+from hyperflow.drift.compiled import BLOCK
+from hyperflow.drift.compiled import euler as compiled_euler
 from hyperflow.solvers import integrate, time_grid
 
 H = 4.0  # horizon
@@ -87,3 +89,51 @@ def test_an_integrated_path_equals_one_of_forward(layout, encoder, solver):
     assert _close(out, expected)
     assert sum(used) == steps  # every grid time came from the batched rows
     assert (out - theta0).abs().max() > 1  # the path moved: the comparison is not trivial
+
+
+@pytest.mark.parametrize("steps", [2 * BLOCK, BLOCK + 2])  # whole blocks; a block and a remainder
+def test_compiled_euler_blocks_follow_forward(layout, encoder, steps):
+    # hyperflow/drift/compiled.py: fused kernels change op order only (float64: ~1e-12 off); a
+    # dropped or repeated step, or a step at the wrong time, is O(1) off
+    net = _random_net(layout, encoder, True)
+    task = _task(net, 1)
+    theta0 = torch.randn(1, layout.size, dtype=torch.float64)
+    with torch.no_grad():
+        prepared = net.prepare(task)
+        rows = net.time_rows(prepared, time_grid(H, steps, theta0)[:-1])
+        out = compiled_euler(net, theta0, prepared, rows, H / steps)
+        expected = integrate(lambda t, th: net(th, t.reshape(1), task), theta0, H, steps)
+        # a negative control: the same steps with the time rows in reverse order
+        rows.cond, rows.films = rows.cond.flip(0), [f.flip(0) for f in rows.films]
+        reversed_times = compiled_euler(net, theta0, prepared, rows, H / steps)
+    scale = expected.abs().max()
+    assert (out - expected).abs().max() <= 1e-9 * scale
+    assert (reversed_times - expected).abs().max() > 1e-3 * scale
+    assert (out - theta0).abs().max() > 1  # the path moved: the comparison is not trivial
+
+
+def test_compile_failure_falls_back_to_eager_steps(layout, encoder, monkeypatch):
+    # a machine without a C++ compiler: torch.compile's first call raises; the steps still run
+    def no_compiler(fn, **kwargs):
+        def fail(*args):
+            raise RuntimeError("no C++ compiler")
+
+        return fail
+
+    net = _random_net(layout, encoder, True)
+    task, steps = _task(net, 1), BLOCK
+    theta0 = torch.randn(1, layout.size, dtype=torch.float64)
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    monkeypatch.setattr(compiled, "_fallback", [])
+    compiled._compiled_block.cache_clear()
+    try:
+        with torch.no_grad():
+            prepared = net.prepare(task)
+            rows = net.time_rows(prepared, time_grid(H, steps, theta0)[:-1])
+            with pytest.warns(UserWarning, match="no C..? compiler"):
+                out = compiled_euler(net, theta0, prepared, rows, H / steps)
+            again = compiled_euler(net, theta0, prepared, rows, H / steps)  # no second try
+            expected = integrate(lambda t, th: net(th, t.reshape(1), task), theta0, H, steps)
+    finally:
+        compiled._compiled_block.cache_clear()  # later tests compile again
+    assert _close(out, expected) and torch.equal(out, again)

@@ -24,7 +24,21 @@ import ray
 from ray._private import ray_constants
 from ray.cluster_utils import Cluster
 
-NODE_ENV = {"HYPERFLOW_TRAIN_SEEN": "1", "OMP_NUM_THREADS": "1"}
+NODE_ENV = {
+    "HYPERFLOW_TRAIN_SEEN": "1",
+    "OMP_NUM_THREADS": "1",
+    # Ray Train waits this long for a worker group's resources before giving up on a size (60 s
+    # by default): right after a node is removed its CPU may still look free for that long
+    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "20",
+}
+# the GCS declares a removed node dead after ~3 failed 1-s health checks instead of ~5 of 3 s
+# (Ray's own node-failure tests shorten them too), so runs see a lost node sooner
+HEALTH_CHECKS = {
+    "health_check_initial_delay_ms": 0,
+    "health_check_period_ms": 1000,
+    "health_check_timeout_ms": 1000,
+    "health_check_failure_threshold": 3,
+}
 
 
 @pytest.fixture(scope="package")
@@ -45,6 +59,10 @@ def nodes(ray_procs, free_port, s3_endpoint):
         _reload_ray_config()  # RAY_AUTH_MODE was read when ray was imported
         dashboard = free_port()
         head = {"num_cpus": 0, "include_dashboard": True, "dashboard_host": "127.0.0.1"}
+        head["_system_config"] = HEALTH_CHECKS
+        # the head's agent (it takes the job submissions) on a free port, not Ray's fixed
+        # default: another test process may run a cluster of its own (pytest -n)
+        head["dashboard_agent_listen_port"] = free_port()
         cluster = Cluster(
             initialize_head=True, head_node_args={**head, "dashboard_port": dashboard}
         )

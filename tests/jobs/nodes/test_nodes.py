@@ -102,7 +102,7 @@ def test_a_node_lost_mid_evaluation_leaves_every_episode_counted_once(
     monkeypatch.setattr(jobs.evaluate, "ResilientPool", LoseANode)
     out = tmp_path / "eval"
     argv = ["evaluate", "--config", "tiny", "--target", str(tiny_target), "--out", str(out)]
-    argv += ["--methods", "direct,bias_tuning", "--episodes", "4"]
+    argv += ["--methods", "direct,bias_tuning", "--episodes", "4", "--set", "evaluate.memory=false"]
     assert main([*argv, "--address", cluster.address]) == 0
     assert LoseANode.lost, "no node was lost"
     results = json.loads((out / "results.json").read_text())
@@ -125,7 +125,7 @@ def test_a_pipeline_submitted_as_a_ray_job_finishes_with_complete_outputs(nodes,
     cmd += ["--address", cluster.dashboard, "--runtime-env", "cluster/runtime_env.yaml"]
     cmd += ["--", "python", "-m", "jobs.cli", "pipeline", "--config", "tiny", "--out", str(out)]
     cmd += ["--workers", "2", "--set", f"evaluate.methods={methods}"]
-    cmd += ["--set", "evaluate.domains=[latin,georgian-noise]"]
+    cmd += ["--set", "evaluate.domains=[latin,georgian-noise]", "--set", "evaluate.memory=false"]
     proc = subprocess.run(
         cmd,
         cwd=REPO,  # runtime_env.yaml's working_dir "." is the repository
