@@ -55,8 +55,9 @@ class EvaluateConfig(Section):
     # the whole support set at once, as usual.
     encode_chunk: NonNegInt = 0
     # HyperFlow's Euler steps run as torch.compile'd blocks of 5 (hyperflow/drift/compiled.py):
-    # ~2x faster per step on a CPU, for a one-off compile per evaluate worker (~10-15 s cold, ~2 s
-    # from inductor's on-disk cache). Same results up to float rounding. Other solvers: eager.
+    # cubic@20 4.1% -> 3.0% of bias-tuning's time (hyperflow bench adapt, quickstart), for a
+    # one-off compile per evaluate worker (~15-20 s cold, ~2-5 s from inductor's on-disk cache),
+    # not timed. Same results up to float rounding. Other solvers: eager.
     compile: bool = False
     # peak adaptation memory per method, each on a fresh Ray actor after the evaluation (~5-10 s
     # a method on a CPU); false leaves results.json's peak_memory_bytes null and the column "-"

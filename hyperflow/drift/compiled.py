@@ -10,7 +10,7 @@ per step count. Any `steps` works: whole blocks compiled, the remainder eager.
 The first call in a process compiles (~10-15 s on a 2-core CPU; inductor's on-disk cache makes
 later processes ~2 s); a worker then reuses it for every episode, every drift network of the same
 architecture and every multiple of BLOCK steps. Same function as the eager loop up to float
-rounding of fused kernels (tests/hyperflow/drift/test_compiled.py).
+rounding of fused kernels (tests/hyperflow/drift/test_prepared.py).
 """
 
 from __future__ import annotations
@@ -48,24 +48,20 @@ def _block(net, theta: Tensor, prep: Prepared, cond: Tensor, films: list[Tensor]
 
 
 def _run_block(*args) -> Tensor:
-    block = _compiled_block()
-    try:
-        return block(*args)
-    except Exception as e:  # no C++ compiler, an unsupported platform: same steps, eager
-        if block is _block:
-            raise
-        msg = f"torch.compile failed ({type(e).__name__}: {e}); Euler steps run eager"
-        warnings.warn(msg, stacklevel=2)
-        _compiled_block.cache_clear()
-        _fallback.append(True)
-        return _block(*args)
+    if not _failed:
+        try:
+            return _compiled_block()(*args)
+        except Exception as e:  # no C++ compiler, an unsupported platform: same steps, eager
+            warnings.warn(f"torch.compile failed ({e!r}); Euler steps run eager", stacklevel=2)
+            _failed.append(e)
+    return _block(*args)
 
 
-_fallback: list[bool] = []  # non-empty once compiling failed in this process
+_failed: list[Exception] = []  # why compiling failed in this process, if it did: not retried
 
 
 @functools.cache
 def _compiled_block():
     # built on first use: importing the compiler stack costs ~1 s that eager users need not pay.
     # dynamic=False: shapes are fixed per target and drift size, and static shapes fuse best
-    return _block if _fallback else torch.compile(_block, dynamic=False)
+    return torch.compile(_block, dynamic=False)

@@ -124,7 +124,7 @@ def test_compile_failure_falls_back_to_eager_steps(layout, encoder, monkeypatch)
     task, steps = _task(net, 1), BLOCK
     theta0 = torch.randn(1, layout.size, dtype=torch.float64)
     monkeypatch.setattr(torch, "compile", no_compiler)
-    monkeypatch.setattr(compiled, "_fallback", [])
+    monkeypatch.setattr(compiled, "_failed", [])
     compiled._compiled_block.cache_clear()
     try:
         with torch.no_grad():
