@@ -13,6 +13,13 @@ Fixed split (do not change without bumping BUILDER_VERSION and telling everyone)
     georgian-noise    armenian-blur    arabic-contrast    hebrew-invert
     braille-clutter   tifinagh-elastic canadian-thick (Unified Canadian Aboriginal Syllabics)
 
+`glyphs-wide` (load_glyphs(wide=True)) adds 15 base domains from what the same fonts carry:
+the Latin, Greek and Cyrillic extensions, IPA, mathematical alphanumerics, letterlike symbols,
+technical symbols, miscellaneous symbols, dingbats, supplemental arrows and mathematical operators,
+and four scripts the project uses nowhere else (Lao, N'Ko, Ogham, Old Italic). They are appended to
+the table, so the 11 domains above are bit-identical in both datasets; no held-out script joins
+base, and no dot patterns (dice faces and the like are left out: braille is held out).
+
 Braille uses only the 64 patterns that contain dots 1 and 8, so every pattern spans the full
 cell and centring cannot merge two patterns. Within a domain, classes whose reference
 renderings are near-identical (cosine >= GlyphParams.dedupe, e.g. Latin l vs I) are dropped.
@@ -71,6 +78,42 @@ DOMAINS: tuple[tuple[str, str, str, tuple[int, ...], str], ...] = (
     ("tifinagh-elastic", "heldout", "elastic", _span((0x2D30, 0x2D7F)), "L"),
     ("canadian-thick", "heldout", "thick", _span((0x1400, 0x167F)), "L"),
 )
+_DICE_AND_DOTS = set(range(0x2680, 0x268A))  # die faces, circles with dots: braille-like
+# glyphs-wide's extra base domains (clean), after DOMAINS so their seeds [seed, index] differ
+WIDE_DOMAINS: tuple[tuple[str, str, str, tuple[int, ...], str], ...] = (
+    ("latin-ext", "base", "clean", _span((0x100, 0x24F), (0x1E00, 0x1EFF)), "L"),
+    ("greek-ext", "base", "clean", _span((0x1F00, 0x1FFF)), "L"),
+    ("cyrillic-ext", "base", "clean", _span((0x500, 0x52F), (0xA640, 0xA69F)), "L"),
+    ("ipa", "base", "clean", _span((0x250, 0x2AF), (0x1D00, 0x1D7F)), "L"),
+    ("math-alnum", "base", "clean", _span((0x1D400, 0x1D7FF)), "LN"),
+    ("letterlike", "base", "clean", _span((0x2100, 0x214F), (0x20A0, 0x20CF)), "LS"),
+    ("technical", "base", "clean", _span((0x2300, 0x23FF)), "S"),
+    (
+        "symbols",
+        "base",
+        "clean",
+        tuple(cp for cp in _span((0x2600, 0x26FF)) if cp not in _DICE_AND_DOTS),
+        "S",
+    ),
+    ("dingbats", "base", "clean", _span((0x2700, 0x27BF)), "SN"),
+    (
+        "arrows-ext",
+        "base",
+        "clean",
+        _span((0x27F0, 0x27FF), (0x2900, 0x297F), (0x2B00, 0x2BFF)),
+        "S",
+    ),
+    ("math-ext", "base", "clean", _span((0x2980, 0x29FF), (0x2A00, 0x2AFF)), "S"),
+    ("lao", "base", "clean", _span((0xE80, 0xEFF)), "LN"),
+    ("nko", "base", "clean", _span((0x7C0, 0x7FF)), "LN"),
+    ("ogham", "base", "clean", _span((0x1680, 0x169F)), "L"),
+    ("old-italic", "base", "clean", _span((0x10300, 0x1032F)), "LN"),
+)
+
+
+def domain_table(wide: bool = False) -> tuple[tuple[str, str, str, tuple[int, ...], str], ...]:
+    """The domains a build draws: DOMAINS, and for glyphs-wide WIDE_DOMAINS after them."""
+    return DOMAINS + WIDE_DOMAINS if wide else DOMAINS
 
 
 @dataclass(frozen=True)
@@ -131,13 +174,13 @@ def _select_classes(spec, fonts, probes, coverage, size, p, rng) -> list[tuple[i
     return kept
 
 
-def _build(size: int, p: GlyphParams) -> tuple[dict[str, np.ndarray], dict]:
+def _build(size: int, p: GlyphParams, table) -> tuple[dict[str, np.ndarray], dict]:
     paths = font_files()
-    coverage = font_coverage(paths, {cp for spec in DOMAINS for cp in spec[3]})
+    coverage = font_coverage(paths, {cp for spec in table for cp in spec[3]})
     fonts = {path.name: load_font(path, size, p.supersample, p.em_frac) for path in paths}
     probes = {path.name: load_font(path, size, 1, p.em_frac) for path in paths}
     arrays, domains = {}, []
-    for d, spec in enumerate(DOMAINS):
+    for d, spec in enumerate(table):
         name, split, family = spec[:3]
         rng = np.random.default_rng([p.seed, d])
         kept = _select_classes(spec, fonts, probes, coverage, size, p, rng)
@@ -161,14 +204,14 @@ def _build(size: int, p: GlyphParams) -> tuple[dict[str, np.ndarray], dict]:
     return arrays, {"domains": domains}
 
 
-def _inputs(size: int, p: GlyphParams) -> dict:
+def _inputs(size: int, p: GlyphParams, table) -> dict:
     fonts = [[path.name, path.stat().st_size] for path in font_files()]
     return {
         "builder": "glyphs",
         "version": BUILDER_VERSION,
         "image_size": size,
         "params": asdict(p),
-        "domains": [list(spec) for spec in DOMAINS],  # so an edited table can never hit old files
+        "domains": [list(spec) for spec in table],  # so an edited table can never hit old files
         "fonts": fonts,
         "pillow": PIL.__version__,
         "freetype": features.version("freetype2"),
@@ -181,22 +224,27 @@ def load_glyphs(
     cache_dir: str | Path | None = None,
     params: GlyphParams | None = None,
     spec: str = "glyphs",
+    wide: bool = False,
 ) -> Dataset:
-    """The glyphs dataset, built on first use and then loaded from the .npz cache."""
+    """The glyphs dataset (glyphs-wide: `wide`), built on first use, then loaded from a cache."""
     assert channels in (1, 3), f"channels must be 1 or 3, got {channels}"
     p = params or GlyphParams()
-    key = cache_key(_inputs(image_size, p))
+    table = domain_table(wide)
+    key = cache_key(_inputs(image_size, p, table))
     path = cache_root(cache_dir) / f"glyphs-{key}.npz"
     cached = load_arrays(path)
     if cached is None or cached[1].get("key") != key:
         t0 = time.perf_counter()
-        arrays, meta = _build(image_size, p)
+        arrays, meta = _build(image_size, p, table)
         meta.update(key=key, build_seconds=round(time.perf_counter() - t0, 2))
         save_arrays(path, arrays, meta)
         cached = arrays, meta
     arrays, meta = cached
     domains = {}
-    for d, info in enumerate(meta["domains"]):
+    # base domains first (glyphs-wide's come after the held-out ones in the table)
+    order = sorted(range(len(meta["domains"])), key=lambda d: meta["domains"][d]["split"] != "base")
+    for d in order:
+        info = meta["domains"][d]
         images = arrays[f"images_{d}"]
         domains[info["name"]] = Domain(
             name=info["name"],

@@ -1,4 +1,4 @@
-"""Dataset specs -> loaders: `glyphs` (embedded default) and `folder:PATH`."""
+"""Dataset specs -> loaders: `glyphs` (embedded default), `glyphs-wide` and `folder:PATH`."""
 
 from __future__ import annotations
 
@@ -17,6 +17,12 @@ def _glyphs(arg: str | None, image_size: int, channels: int, cache_dir) -> Datas
     return load_glyphs(image_size, channels, cache_dir)
 
 
+def _glyphs_wide(arg: str | None, image_size: int, channels: int, cache_dir) -> Dataset:
+    if arg is not None:
+        raise UserError(f"dataset spec 'glyphs-wide' takes no argument, got 'glyphs-wide:{arg}'")
+    return load_glyphs(image_size, channels, cache_dir, spec="glyphs-wide", wide=True)
+
+
 def _folder(arg: str | None, image_size: int, channels: int, cache_dir) -> Dataset:
     if not arg:
         raise UserError("dataset spec 'folder' needs a path: folder:PATH")
@@ -24,8 +30,12 @@ def _folder(arg: str | None, image_size: int, channels: int, cache_dir) -> Datas
 
 
 # name -> loader(arg after the first ":" or None, image_size, channels, cache_dir)
-DATASETS: dict[str, Callable[..., Dataset]] = {"glyphs": _glyphs, "folder": _folder}
-_USAGE = {"glyphs": "glyphs", "folder": "folder:PATH"}
+DATASETS: dict[str, Callable[..., Dataset]] = {
+    "glyphs": _glyphs,
+    "glyphs-wide": _glyphs_wide,  # 15 more base domains, the same held-out ones (glyphs.py)
+    "folder": _folder,
+}
+_USAGE = {"glyphs": "glyphs", "glyphs-wide": "glyphs-wide", "folder": "folder:PATH"}
 
 
 def load_dataset(

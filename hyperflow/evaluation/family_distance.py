@@ -1,6 +1,7 @@
 """How far a collection task space is from each shift family, in the target's feature statistics.
 
-`python -m hyperflow.evaluation.family_distance --target DIR [--images N] [--exclude a,b]`
+`python -m hyperflow.evaluation.family_distance --target DIR [--images N] [--exclude a,b]
+[--dataset glyphs-wide]` (the target's base dataset: its base glyphs are the images measured)
 
 The same base-domain glyphs go through each family (held-out families too, on base glyphs, so the
 script does not count) and through the frozen target. A set of images is summarised by the mean
@@ -79,11 +80,17 @@ def _mix(x, s):
     return apply_shift(COLLECTED[int(rng.integers(len(COLLECTED)))], x, [s, 1])
 
 
-def measure(target: str, n: int = 1000, exclude: tuple[str, ...] = (), seed: int = 0) -> dict:
-    """Distances (module docstring) on n base glyphs drawn with `seed`."""
+def measure(
+    target: str,
+    n: int = 1000,
+    exclude: tuple[str, ...] = (),
+    seed: int = 0,
+    dataset: str = "glyphs",
+) -> dict:
+    """Distances (module docstring) on n base images of `dataset` drawn with `seed`."""
     model = load_target(target).eval()
     torch.set_num_threads(1)
-    data = load_dataset("glyphs", model.cfg.image_size, model.cfg.channels, None)
+    data = load_dataset(dataset, model.cfg.image_size, model.cfg.channels, None)
     base = np.concatenate([data.domains[d].images for d in data.names("base")])
     images = base[np.random.default_rng(seed).choice(len(base), n, replace=False)]
     stats = lambda x: feature_stats(model, x)  # noqa: E731
@@ -104,6 +111,7 @@ def measure(target: str, n: int = 1000, exclude: tuple[str, ...] = (), seed: int
     row = lambda s: {f: round(distance(s, fam[f], scale), 3) for f in FAMILIES}  # noqa: E731
     return {
         "target": target,
+        "dataset": dataset,
         "images": n,
         "seed": seed,
         "sources": {k: row(v) for k, v in sources.items()},
@@ -117,9 +125,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--images", type=int, default=1000)
     p.add_argument("--exclude", default="", help="comma-separated primitives to leave out")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dataset", default="glyphs", help="dataset spec whose base images to use")
     args = p.parse_args(argv)
     exclude = tuple(x for x in args.exclude.split(",") if x)
-    print(json.dumps(measure(args.target, args.images, exclude, args.seed), indent=1))
+    doc = measure(args.target, args.images, exclude, args.seed, args.dataset)
+    print(json.dumps(doc, indent=1))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ import pytest
 
 from hyperflow.data import glyphs
 from hyperflow.data.fonts import EXCLUDED_FONTS, font_coverage, font_files
-from hyperflow.data.glyphs import DOMAINS, GlyphParams, load_glyphs
+from hyperflow.data.glyphs import DOMAINS, WIDE_DOMAINS, GlyphParams, load_glyphs
 from hyperflow.data.shifts import SHIFTS
 
 SMALL = GlyphParams(max_classes=4, images_per_class=3)
@@ -93,3 +93,24 @@ def test_every_class_has_at_least_two_real_fonts():
     # cmsy10 maps "!" to an arrow glyph: the glyph-name check must reject it, keep "A"
     cmsy = paths[0].parent / "cmsy10.ttf"
     assert font_coverage([cmsy], {ord("!"), ord("A")})["cmsy10.ttf"] == {ord("A")}
+
+
+def test_glyphs_wide_adds_base_domains_and_keeps_every_glyphs_domain(small, tmp_path):
+    ds, _ = small
+    wide = load_glyphs(image_size=24, cache_dir=tmp_path, params=SMALL, wide=True)
+    assert wide.spec == "glyphs" and wide.names("heldout") == ds.names("heldout")
+    added = [n for n in wide.names("base") if n not in ds.domains]
+    assert wide.names("base")[:4] == ds.names("base") and len(added) == len(WIDE_DOMAINS) >= 10
+    for name, d in ds.domains.items():  # the same images: evaluation domains do not move
+        assert wide.domains[name].images.tobytes() == d.images.tobytes(), name
+    for name in added:
+        assert wide.domains[name].family == "clean" and wide.domains[name].num_classes == 4, name
+
+
+def test_glyphs_wide_base_shares_no_code_point_with_a_heldout_domain():
+    heldout = {cp for spec in DOMAINS if spec[1] == "heldout" for cp in spec[3]}
+    braille = set(range(0x2800, 0x2900))
+    for name, split, family, cps, _ in WIDE_DOMAINS:
+        assert split == "base" and family == "clean", name
+        assert not set(cps) & (heldout | braille), name
+        assert not set(cps) & set(range(0x2680, 0x268A)), f"{name}: dice-like dot patterns"

@@ -15,7 +15,7 @@ def test_unknown_spec_lists_the_valid_ones():
         load_dataset("imagenet")
 
 
-@pytest.mark.parametrize("spec", ["glyphs:extra", "folder:", "folder"])
+@pytest.mark.parametrize("spec", ["glyphs:extra", "glyphs-wide:x", "folder:", "folder"])
 def test_malformed_specs(spec):
     with pytest.raises(UserError, match="glyphs|folder"):
         load_dataset(spec)
@@ -29,7 +29,7 @@ def test_every_registry_entry_loads_through_load_dataset(name, tmp_path, monkeyp
     monkeypatch.setattr(registry, "load_glyphs", lambda *a, **k: real(*a, **k, params=tiny))
     (tmp_path / "imgs" / "a").mkdir(parents=True)
     Image.new("L", (5, 5), 9).save(tmp_path / "imgs" / "a" / "x.png")
-    spec = {"glyphs": "glyphs", "folder": f"folder:{tmp_path / 'imgs'}"}[name]
+    spec = {"folder": f"folder:{tmp_path / 'imgs'}"}.get(name, name)
     ds = load_dataset(spec, image_size=12, channels=3, cache_dir=tmp_path / "cache")
     assert isinstance(ds, Dataset) and ds.spec == spec and ds.names()
     assert all(d.images.shape[1:] == (3, 12, 12) for d in ds.domains.values())
