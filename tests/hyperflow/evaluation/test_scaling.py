@@ -47,6 +47,12 @@ def test_groups_split_heldout_domains_by_whether_their_family_was_collected():
     }
 
 
+def test_a_procedural_store_covers_every_family_but_the_held_out_ones():
+    groups = heldout_groups(_results(BASE), collected=["procedural"])
+    assert groups["collected"] == ["georgian-noise", "arabic-contrast"]
+    assert groups["never"] == ["hebrew-invert"]  # as for a store of the named families
+
+
 def test_recovery_reads_where_a_method_sits_between_direct_and_bias_tuning():
     # halfway on the collected domains (+0.05 and +0.10 of +0.10 and +0.20), nothing on invert
     hf = {"latin": 0.99, "georgian-noise": 0.85, "arabic-contrast": 0.40, "hebrew-invert": 0.7}
