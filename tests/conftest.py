@@ -14,7 +14,7 @@ def pytest_collection_modifyitems(config, items):
     torchrun ranks (minutes). `pytest -m "not slow"` (make test-fast) runs the unit tests.
 
     The multi-node tests (tests/jobs/nodes) go first: under pytest-xdist (`make test` runs
-    `-n 3 --dist loadfile`, one file per worker at a time) their two files are the longest work
+    `-n 2 --dist loadfile`, one file per worker at a time) their two files are the longest work
     units, and started last they would set the suite's length."""
     jobs = config.rootpath / "tests" / "jobs"
     nodes = jobs / "nodes"

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -47,12 +48,35 @@ def hyperflow(
     return proc
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """A directory `build(dir)` fills once per test run: under pytest-xdist every worker has its
+    own session fixtures, and a pretrained target or a collected store made twice costs a
+    minute of the two cores. The first worker to ask builds it under a file lock in the run's
+    shared base temp dir; the others wait for it and reuse it (read-only, as every session
+    artifact here is). Without xdist it is built in this session's temp dir."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        out = tmp_path_factory.mktemp(name)
+        build(out)
+        return out
+    out = tmp_path_factory.getbasetemp().parent / f"shared-{name}"
+    with FileLock(f"{out}.lock"):
+        done = out / ".built"  # written last: a build that failed is redone, not reused
+        if not done.exists():
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir()
+            build(out)
+            done.touch()
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_target(tmp_path_factory) -> Path:
     """A target pretrained for a few seconds with the tiny config (shared by the job tests)."""
-    out = tmp_path_factory.mktemp("tiny") / "target"
-    hyperflow("pretrain", "--config", "tiny", "--out", str(out))
-    return out
+
+    def build(root: Path) -> None:
+        hyperflow("pretrain", "--config", "tiny", "--out", str(root / "target"))
+
+    return built_once(tmp_path_factory, "tiny", build) / "target"
 
 
 @pytest.fixture(scope="session")
@@ -220,14 +244,16 @@ def ray_cluster(ray_procs) -> dict:
 @pytest.fixture(scope="session")
 def untrained_target(tmp_path_factory) -> Path:
     """An untrained default target: collection runs as fast as with a pretrained one."""
-    import torch
 
-    from hyperflow.model import TargetConfig, TargetModel, save_target
+    def build(root: Path) -> None:
+        import torch
 
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("untrained") / "target"
-    save_target(TargetModel(TargetConfig()).eval(), out)
-    return out
+        from hyperflow.model import TargetConfig, TargetModel, save_target
+
+        torch.manual_seed(0)
+        save_target(TargetModel(TargetConfig()).eval(), root / "target")
+
+    return built_once(tmp_path_factory, "untrained", build) / "target"
 
 
 @pytest.fixture(scope="session")
@@ -236,14 +262,22 @@ def local_store(untrained_target, ray_procs, tmp_path_factory) -> dict:
 
     Yields store (its path), argv (the command, to rerun it) and stdout.
     """
-    store = tmp_path_factory.mktemp("local") / "store"
-    argv = ["collect", "--config", "tiny", "--target", str(untrained_target), "--out", str(store)]
-    mark = ray_procs.mark("local")
-    proc = hyperflow(*argv, env=ray_procs.env(mark))
-    left = ray_procs.wait_gone(mark)  # the private cluster must end with its driver
-    ray_procs.end(mark)
-    assert not left, f"local mode left Ray processes running: {left}"
-    return {"store": store, "argv": argv, "stdout": proc.stdout}
+
+    def build(root: Path) -> None:
+        mark = ray_procs.mark("local")
+        proc = hyperflow(*argv_for(root), env=ray_procs.env(mark))
+        left = ray_procs.wait_gone(mark)  # the private cluster must end with its driver
+        ray_procs.end(mark)
+        assert not left, f"local mode left Ray processes running: {left}"
+        (root / "stdout.txt").write_text(proc.stdout)
+
+    def argv_for(root: Path) -> list[str]:
+        target = str(untrained_target)
+        return ["collect", "--config", "tiny", "--target", target, "--out", str(root / "store")]
+
+    root = built_once(tmp_path_factory, "local", build)
+    stdout = (root / "stdout.txt").read_text()
+    return {"store": root / "store", "argv": argv_for(root), "stdout": stdout}
 
 
 @pytest.fixture(scope="session")
@@ -273,12 +307,16 @@ def baselines(untrained_target, cluster_env, tmp_path_factory) -> dict:
 
     Yields dir (the output directory), target, domains and sets (the --set flags it ran with).
     """
-    out = tmp_path_factory.mktemp("baselines") / "eval"
     sets = ["--set", f"evaluate.domains=[{','.join(BASELINE_DOMAINS)}]"]
     sets += ["--set", "evaluate.memory=false"]  # test_evaluate measures memory
-    hyperflow(
-        *("evaluate", "--config", "tiny", "--target", str(untrained_target), "--out", str(out)),
-        *("--methods", "direct,bias_tuning", "--episodes", "2", *sets),
-        env=cluster_env("baselines"),
-    )
+
+    def build(root: Path) -> None:
+        out = str(root / "eval")
+        hyperflow(
+            *("evaluate", "--config", "tiny", "--target", str(untrained_target), "--out", out),
+            *("--methods", "direct,bias_tuning", "--episodes", "2", *sets),
+            env=cluster_env("baselines"),
+        )
+
+    out = built_once(tmp_path_factory, "baselines", build) / "eval"
     return {"dir": out, "target": untrained_target, "domains": BASELINE_DOMAINS, "sets": sets}

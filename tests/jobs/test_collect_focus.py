@@ -59,16 +59,18 @@ def drift(local_store, untrained_target, cli, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def focused(drift, untrained_target, ray_procs, cli, tmp_path_factory) -> dict:
-    """The focused store, collected in local mode by the CLI (1 worker: start-up dominates)."""
+def focused(drift, untrained_target, ray_procs, cluster_env, cli, tmp_path_factory) -> dict:
+    """The focused store, collected by the CLI on the session's Ray cluster (1 worker:
+    start-up dominates; a private local cluster would add its own start-up)."""
     store = tmp_path_factory.mktemp("focus") / "store"
     argv = ["collect", "--config", "tiny", "--target", str(untrained_target), "--out", str(store)]
     argv += ["--focus", str(drift), "--episodes", str(M), "--workers", "1", *FOCUS_SETS]
-    mark = ray_procs.mark("focus")
-    proc = cli(*argv, env=ray_procs.env(mark))
+    env = cluster_env("focus")
+    proc = cli(*argv, env=env)
+    mark = env["HYPERFLOW_TEST_RAY"]
     left = ray_procs.wait_gone(mark)
     ray_procs.end(mark)
-    assert not left, f"local mode left Ray processes running: {left}"
+    assert not left, f"the driver left processes running: {left}"
     doc = json.loads((store / "focus.json").read_text())
     return {"store": store, "argv": argv, "stdout": proc.stdout, "stderr": proc.stderr, "doc": doc}
 
@@ -204,7 +206,7 @@ def test_the_trainer_takes_the_focused_store_and_its_uniform_prefix(
             assert sorted(got) == sorted(want) and len(got) == len(want), (fmt, n)
 
 
-def test_rerun_resumes_without_rescoring(focused, ray_procs, cli, tmp_path, capsys):
+def test_rerun_resumes_without_rescoring(focused, ray_procs, cluster_env, cli, tmp_path, capsys):
     # the state a kill after the prefix shards leaves: the focused shards uncommitted
     store = tmp_path / "store"
     shutil.copytree(focused["store"], store)
@@ -219,8 +221,9 @@ def test_rerun_resumes_without_rescoring(focused, ray_procs, cli, tmp_path, caps
     focus_before = _snapshot(store)["focus.json"]
     argv = list(focused["argv"])
     argv[argv.index("--out") + 1] = str(store)
-    mark = ray_procs.mark("focus-resume")
-    proc = cli(*argv, env=ray_procs.env(mark))
+    env = cluster_env("focus-resume")
+    proc = cli(*argv, env=env)
+    mark = env["HYPERFLOW_TEST_RAY"]
     assert not ray_procs.wait_gone(mark)
     ray_procs.end(mark)
     assert "focus: scoring" not in proc.stderr, "the candidates were scored again"

@@ -6,9 +6,10 @@ the processes it started.
 
 The nodes' processes (collection and evaluation actors, Ray Train workers) inherit what is set
 while they start: the loopback switch, one intra-op thread, HYPERFLOW_TRAIN_SEEN (trainers log
-the record ids of every step) and the loopback S3 endpoint (moto takes any credentials). The
-variables stay set for this package's tests, so subprocesses such as `hyperflow train
---address` join the same cluster with them; they are undone when the package ends.
+the record ids of every step), Ray Train's shorter timings and no preemption watcher (NODE_ENV)
+and the loopback S3 endpoint (moto takes any credentials). The variables stay set for this
+package's tests, so subprocesses such as `hyperflow train --address` join the same cluster with
+them; they are undone when the package ends.
 
 (`ray start` cannot build this cluster here: with the loopback switch on it refuses a second
 node, and with it off the nodes advertise the machine's outward address.)"""
@@ -30,6 +31,11 @@ NODE_ENV = {
     # Ray Train waits this long for a worker group's resources before giving up on a size (60 s
     # by default): right after a node is removed its CPU may still look free for that long
     "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "20",
+    # the controller polls its workers every 2 s by default: a run's end and a lost worker are
+    # seen that much later
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+    # one actor process less per Ray Train run: no run here is preempted (spot instances)
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
 }
 # the GCS declares a removed node dead after ~3 failed 1-s health checks instead of ~5 of 3 s
 # (Ray's own node-failure tests shorten them too), so runs see a lost node sooner

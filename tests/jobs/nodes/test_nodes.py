@@ -1,6 +1,9 @@
 """Collection and evaluation across several Ray nodes on one machine (the package's `nodes`
 cluster: a 0-CPU head, so every actor runs on a worker node, and worker nodes that are removed
-hard mid-run); and a whole pipeline submitted to that cluster as a Ray job."""
+hard mid-run); and a whole pipeline submitted to that cluster as a Ray job, writing into an S3
+bucket (a loopback endpoint): its pretrain, drift and SMAT stages are the package's checks that
+`hyperflow pretrain|train --workers` (SMAT included) run as Ray Train workers on the worker nodes
+only, with checkpoints on object storage."""
 
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from engine.collect import collect
 from engine.errors import UserError
 from engine.inspect import inspect_store
 from engine.pool import ResilientPool
+from engine.storage import location
 from engine.stores import open_store, read_records
 from engine.synthetic import SyntheticSimulator
 from jobs.cli import main
@@ -114,18 +118,22 @@ def test_a_node_lost_mid_evaluation_leaves_every_episode_counted_once(
         assert set(counts.values()) == {4}, f"{method}: episodes per domain {dict(counts)}"
 
 
-def test_a_pipeline_submitted_as_a_ray_job_finishes_with_complete_outputs(nodes, tmp_path):
+def test_a_pipeline_submitted_as_a_ray_job_finishes_with_complete_outputs(nodes, s3):
     # the job's driver runs on the 0-CPU head; collection and evaluation actors and the Ray Train
-    # workers of pretrain and train (1 CPU each) can only run on the two worker nodes
+    # workers of pretrain and train (1 CPU each) can only run on the two worker nodes. The run
+    # goes to the loopback bucket (the nodes' processes have its endpoint and credentials):
+    # Ray Train checkpoints and every stage's outputs on object storage.
     cluster, _ = nodes
-    out = tmp_path / "run"  # absolute: the job runs in its unpacked copy of the working dir
-    # one drift (cubic) and SMAT: every kind of stage, at the smallest evaluation that shows it
+    out = f"{s3['url']}/run"
+    # one drift (cubic) and SMAT: every kind of stage, at the smallest evaluation that shows it;
+    # SMAT's --set reach its stage: 10 steps, a checkpoint every 5
     methods = "[direct,bias_tuning,hyperflow_cubic,smat]"
     cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit"]
     cmd += ["--address", cluster.dashboard, "--runtime-env", "cluster/runtime_env.yaml"]
-    cmd += ["--", "python", "-m", "jobs.cli", "pipeline", "--config", "tiny", "--out", str(out)]
+    cmd += ["--", "python", "-m", "jobs.cli", "pipeline", "--config", "tiny", "--out", out]
     cmd += ["--workers", "2", "--set", f"evaluate.methods={methods}"]
     cmd += ["--set", "evaluate.domains=[latin,georgian-noise]", "--set", "evaluate.memory=false"]
+    cmd += ["--set", "smat.steps=10", "--set", "smat.checkpoint_every=5"]
     proc = subprocess.run(
         cmd,
         cwd=REPO,  # runtime_env.yaml's working_dir "." is the repository
@@ -138,23 +146,34 @@ def test_a_pipeline_submitted_as_a_ray_job_finishes_with_complete_outputs(nodes,
     assert proc.returncode == 0, f"ray job submit failed:\n{logs[-4000:]}"
     assert "succeeded" in logs, logs[-2000:]
 
+    run = location(out)
+    run.fs.invalidate_cache()  # listings cached before the job wrote
+
+    def meta(key: str) -> dict:
+        return json.loads(run.read_bytes(key))
+
     head = cluster.head_node.node_id
-    target = json.loads((out / "target" / "target.json").read_text())
+    target = meta("target/target.json")
     assert target["bias_size"] > 0
-    report = inspect_store(str(out / "store"), verify=True)
+    report = inspect_store(f"{out}/store", verify=True)
     assert report["verify"]["ok"], report
     for fmt in ("zarr", "wds"):
-        ids = [r.id for r in read_records(str(out / "store"), fmt)]
+        ids = [r.id for r in read_records(f"{out}/store", fmt)]
         assert len(ids) == len(set(ids)) == 16, fmt  # tiny.yaml: 16 episodes x 1 init
-    assert sorted(p.name for p in (out / "drift").iterdir()) == ["piecewise_cubic"]
-    drift = json.loads((out / "drift" / "piecewise_cubic" / "drift.json").read_text())["extra"]
-    smat = json.loads((out / "smat" / "smat.json").read_text())["extra"]
-    for name, meta in (("pretrain", target), ("drift", drift), ("smat", smat)):
+    assert run.list("drift") == ["piecewise_cubic"]
+    drift = meta("drift/piecewise_cubic/drift.json")["extra"]
+    smat = meta("smat/smat.json")["extra"]
+    for name, m in (("pretrain", target), ("drift", drift), ("smat", smat)):
         # every training stage ran as 2 Ray Train workers, on the worker nodes only
-        assert meta["world_size"] == 2, name
-        nodes_used = {n for a in meta["attempts"] for n in a["nodes"]}
-        assert len(nodes_used) == 2 and head not in nodes_used, (name, meta["attempts"])
-    results = json.loads((out / "eval" / "results.json").read_text())
+        assert m["world_size"] == 2, name
+        nodes_used = {n for a in m["attempts"] for n in a["nodes"]}
+        assert len(nodes_used) == 2 and head not in nodes_used, (name, m["attempts"])
+    [attempt] = target["attempts"]  # pretrain: one attempt, both ranks on distinct worker nodes
+    assert len(set(attempt["nodes"])) == 2 and head not in attempt["nodes"]
+    # SMAT on Ray Train into the bucket: its steps, and a checkpoint every 5 of them
+    assert smat["steps"] == 10
+    assert {"step-00000005", "step-00000010"} <= set(run.list("smat/checkpoints"))
+    results = meta("eval/results.json")
     assert set(results["domains"]) == {"latin", "georgian-noise"}
     for name, m in results["methods"].items():
         assert set(m["acc"]) == set(results["domains"]), name

@@ -1,9 +1,11 @@
-"""`hyperflow train|pretrain --workers N` as Ray Train runs on the package's multi-node cluster
+"""`hyperflow train --workers N` as Ray Train runs on the package's multi-node cluster
 (conftest.py; as Ray's own elastic tests do): a head with no CPUs, so every training rank must
-run on a worker node, and worker nodes removed hard mid-run. `hyperflow train` runs as
-a subprocess, as a user types it (its driver joins with --address); this process removes a node
-once the run's first checkpoint exists. All on 127.0.0.1; the fixture ends exactly the processes
-it started.
+run on a worker node, and worker nodes removed hard mid-run. `hyperflow train` runs as a
+subprocess, as a user types it (its driver joins with --address); this process removes a node
+once the run's first checkpoint exists (a refusal before any worker starts runs in this process,
+already a driver of the cluster). All on 127.0.0.1; the fixture ends exactly the processes it
+started. `pretrain --workers` and SMAT into a bucket as Ray Train workers are checked by
+test_nodes.py's submitted pipeline, whose stages run exactly those commands.
 
 The store holds synthetic records shaped like the tiny target's collection (no simulation: what
 is tested is where ranks run and what survives a lost node). 24 records, 2 data shares of batch
@@ -179,45 +181,19 @@ def test_elastic_run_finishes_on_fewer_workers_without_repeating_a_record(
     assert len(per_epoch[interrupted]) == 24, "the interrupted epoch dropped records"
 
 
-def test_smat_trains_as_ray_workers_into_a_bucket(nodes, store, tiny_target, s3, tmp_path):
-    cluster, _ = nodes
-    out = f"{s3['url']}/smat"
-    argv = ["--method", "smat", "--workers", "2", "--set", "smat.steps=10"]
-    argv += ["--set", "smat.checkpoint_every=5"]
-    assert _train(cluster, store, tiny_target, out, *argv, log=tmp_path / "smat.log") == 0
-    import fsspec
-
-    fs = fsspec.filesystem("s3")
-    fs.invalidate_cache()
-    meta = json.loads(fs.cat_file(f"{s3['bucket']}/smat/smat.json"))["extra"]
-    assert meta["steps"] == 10 and meta["world_size"] == 2
-    assert _head(cluster) not in meta["attempts"][0]["nodes"]
-    names = {p.rsplit("/", 1)[-1] for p in fs.ls(f"{s3['bucket']}/smat/checkpoints")}
-    assert {"step-00000005", "step-00000010"} <= names
-
-
-def test_pretrain_runs_as_ray_workers(nodes, tmp_path):
-    cluster, _ = nodes
-    out = tmp_path / "target"
-    argv = ["pretrain", "--config", "tiny", "--out", str(out), "--workers", "2"]
-    assert _run([*argv, "--address", cluster.address], tmp_path / "pretrain.log", out) == 0
-    meta = json.loads((out / "target.json").read_text())
-    extra = meta.get("extra", meta)
-    assert extra["world_size"] == 2
-    [attempt] = extra["attempts"]
-    assert len(set(attempt["nodes"])) == 2 and _head(cluster) not in attempt["nodes"]
-
-
 def test_gpus_on_a_cluster_without_them_end_naming_the_resources(
-    nodes, store, tiny_target, tmp_path
+    nodes, store, tiny_target, tmp_path, capsys
 ):
+    # in this process (a driver of the cluster already): the refusal comes before any Ray Train
+    # process starts, so a subprocess would only add its start-up
     cluster, _ = nodes
     out = tmp_path / "run"
-    extra = ["--workers", "1", "--set", "train.gpus_per_worker=1"]
-    extra += ["--set", "train.placement_timeout=2"]
+    argv = ["train", "--config", "tiny", "--store", str(store), "--target", str(tiny_target)]
+    argv += ["--out", str(out), "--address", cluster.address, "--workers", "1"]
+    argv += ["--set", "train.gpus_per_worker=1", "--set", "train.placement_timeout=2"]
     start = time.monotonic()
-    assert _train(cluster, store, tiny_target, out, *extra) == 2
-    assert "'GPU': 1" in Path(f"{out}.log").read_text()
+    assert main(argv) == 2
+    assert "'GPU': 1" in capsys.readouterr().err
     assert time.monotonic() - start < 60
     assert not (out / "checkpoints").exists()
 
