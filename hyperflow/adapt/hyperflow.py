@@ -73,9 +73,10 @@ def adapted_theta(
     """theta_T [P] reached by `steps` solver steps of the drift from the model's own biases,
     or with return_path the whole path [steps+1, P] at t = k T / steps. chunk > 0: the support
     set goes through the encoder `chunk` images at a time (same result, less peak memory).
-    compiled: Euler steps as torch.compile'd blocks (drift/compiled.py; euler, theta_T only)."""
+    compiled: the support pass and the Euler steps as torch.compile'd calls (drift/compiled.py;
+    the steps with euler and theta_T only)."""
     support = [(model.preprocess(episode.support_x), episode.support_y)]
-    task = net.encode_tasks(support, chunk)  # [1, D]
+    task = net.encode_tasks(support, chunk, compiled)  # [1, D]
     theta0 = get_theta(model.backbone, model.layout).unsqueeze(0)  # [1, P]
     T = float(net.horizon)
     if compiled and solver == "euler" and not return_path and hasattr(net, "prepare"):

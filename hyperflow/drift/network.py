@@ -128,16 +128,18 @@ class DriftNet(nn.Module):
         return self
 
     def support_inputs(
-        self, images: Tensor, labels: list[Tensor], chunk: int = 0
+        self, images: Tensor, labels: list[Tensor], chunk: int = 0, compiled: bool = False
     ) -> tuple[Tensor, Tensor | None]:
         """One encoder pass over the support images [N, C, H, W] of B episodes (labels: per
         episode [N_b] in 0..way-1) -> (features [N, F], raw site statistics [B, K, P] or None).
         With a frozen encoder both are fixed per support set, so a trainer may cache them.
-        chunk > 0: `chunk` images per forward (same result, peak memory of one chunk)."""
+        chunk > 0: `chunk` images per forward (same result, peak memory of one chunk).
+        compiled: with site statistics, the pass runs torch.compile'd (site_stats.py; same result
+        up to float rounding, for inference: one compile per process and input shape)."""
         with torch.no_grad() if self.frozen_encoder else nullcontext():
             if self.n_stats:
                 features, stats = support_site_stats(
-                    self.encoder, self.layout, images, labels, chunk
+                    self.encoder, self.layout, images, labels, chunk, compiled
                 )
             else:
                 pieces = images.split(chunk) if chunk > 0 else [images]
@@ -155,13 +157,16 @@ class DriftNet(nn.Module):
         z = (stats.float() - self.stat_offset) / self.stat_scale
         return Task(embedding, _SQUASH * torch.tanh(z / _SQUASH))
 
-    def encode_tasks(self, supports: list[tuple[Tensor, Tensor]], chunk: int = 0) -> Task:
+    def encode_tasks(
+        self, supports: list[tuple[Tensor, Tensor]], chunk: int = 0, compiled: bool = False
+    ) -> Task:
         """Per episode (x float [Ns, C, H, W] normalised, y int64 [Ns] in 0..way-1; any way and
-        shot) -> the Task of the batch. One encoder pass over all images (`chunk` at a time)."""
+        shot) -> the Task of the batch. One encoder pass over all images (`chunk` at a time;
+        compiled: see support_inputs)."""
         assert supports, "encode_tasks needs at least one episode"
         images = torch.cat([x for x, _ in supports])  # [N, C, H, W]
         labels = [y for _, y in supports]
-        features, stats = self.support_inputs(images, labels, chunk)
+        features, stats = self.support_inputs(images, labels, chunk, compiled)
         return self.make_task(features, labels, stats)
 
     def forward(self, theta: Tensor, t: Tensor, task: Task) -> Tensor:

@@ -30,7 +30,7 @@ class _ClockDrift(nn.Module):
         super().__init__()
         self.a, self.b, self.tasks = a, b, 0
 
-    def encode_tasks(self, supports, chunk=0):
+    def encode_tasks(self, supports, chunk=0, compiled=False):
         self.tasks += len(supports)
         return Task(torch.zeros(len(supports), 1))
 
@@ -102,7 +102,9 @@ def test_adapted_theta_equals_forward_at_every_step(tiny_model, episodes, solver
     P = model.layout.size
     emb, stats = torch.randn(1, net.task_dim, generator=g), torch.randn(1, 3, P, generator=g)
     task = Task(emb.double(), stats.double())
-    net.encode_tasks = lambda supports, chunk=0: task  # the encoder pass is not what is compared
+    net.encode_tasks = lambda supports, chunk=0, compiled=False: (
+        task
+    )  # the encoder pass is not what is compared
     theta0 = get_theta(model.backbone, model.layout).unsqueeze(0)  # [1, P] float64
     out = adapted_theta(model, net, episodes[0], steps, solver, compiled=compiled)
     with torch.no_grad():

@@ -30,7 +30,7 @@ class _TowardsDrift(nn.Module):
         super().__init__()
         self.velocity = fraction * (goal - theta0) / HORIZON  # [P]
 
-    def encode_tasks(self, supports, chunk=0):
+    def encode_tasks(self, supports, chunk=0, compiled=False):
         return Task(torch.zeros(len(supports), 1))
 
     def forward(self, theta, t, task):

@@ -61,6 +61,27 @@ def test_velocity_equals_forward(layout, encoder, site_stats):
     assert not _close(wrong, ref)  # ... and times: every episode at t[0] is caught
 
 
+def test_the_weight_only_terms_follow_every_weight_change(layout, encoder):
+    # prepare caches what depends on weights alone across episodes; an optimizer step, a new
+    # normaliser or loaded weights must not be served from the cache
+    net = _random_net(layout, encoder, True)
+    task, theta = _task(net, 2), torch.randn(2, layout.size, dtype=torch.float64)
+    t = torch.tensor([0.5, 2.0], dtype=torch.float64)
+
+    def fast():
+        prepared = net.prepare(task)
+        return net.velocity(theta, prepared, net.time_rows(prepared, t))
+
+    with torch.no_grad():
+        before = fast()
+        assert fast() is not before and torch.equal(fast(), before)  # a cache hit, same values
+        net.out.weight[f"n{net.groups.group_sizes[0]}"].mul_(2)  # a trunk weight, in place
+        net.fit_normalizer(torch.randn(8, layout.size, dtype=torch.float64))  # the buffers
+        after, ref = fast(), net(theta, t, task)
+    assert _close(after, ref)
+    assert not _close(before, ref)  # the change mattered: stale terms would be caught
+
+
 @pytest.mark.parametrize("solver", ["euler", "midpoint"])
 def test_an_integrated_path_equals_one_of_forward(layout, encoder, solver):
     # as adapted_theta integrates: grid times from one batch of rows, a stage time off the grid

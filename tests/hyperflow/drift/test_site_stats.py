@@ -113,6 +113,19 @@ def test_batched_stats_match_each_episode_alone(tiny_model, episodes):
             assert _moment_errors(st[b], ref).max() < _TOL, f"chunk {chunk}, episode {b}"
 
 
+def test_the_compiled_pass_gives_every_episode_its_own_statistics(tiny_model, episodes):
+    # the compiled pass traces the hooks into its graph once and reuses it (drift/compiled.py):
+    # each later episode must still get its own true statistics (one shape: one compile)
+    layout, backbone = tiny_model.layout, tiny_model.backbone
+    with torch.no_grad():
+        for b, ep in enumerate(episodes[:3]):
+            x, y = _support(tiny_model, ep)
+            f, st = support_site_stats(backbone, layout, x, [y], compiled=True)
+            assert _moment_errors(st[0], _reference(tiny_model, x, y)).max() < _TOL, f"episode {b}"
+            plain = backbone(x)
+            assert ((f - plain).abs().max() / plain.abs().max()) < _TOL, f"episode {b}"
+
+
 def test_stats_ignore_image_and_class_order_but_see_a_contrast_shift(tiny_model, episodes):
     x, y = _support(tiny_model, episodes[0])
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
