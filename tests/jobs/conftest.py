@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -182,12 +183,33 @@ def ray_procs() -> RayProcs:
 
 
 def _free_ports(n: int) -> list[int]:
-    # bound together so the n ports differ; a port can still be taken before Ray binds it (rare)
+    # Ports the kernel never hands out on its own: a port from bind(0) is in the ephemeral range,
+    # where every Ray process's own gRPC servers and clients also take ports, and one was taken
+    # between our pick and the dashboard's bind (a failed `make test`). Below that range and
+    # above Ray's worker ports (10002-19999), only explicit binds like ours can clash, and random
+    # picks (per process) keep two test processes apart; each is checked free, all bound at once.
+    low = _ephemeral_low()
+    rng = random.SystemRandom()
     with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
+        ports: list[int] = []
+        while len(ports) < n:
+            port = rng.randrange(20000, low)
+            sock = stack.enter_context(socket.socket())
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            if port not in ports:
+                ports.append(port)
+        return ports
+
+
+def _ephemeral_low() -> int:
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768  # Linux's default
+    return max(low, 21000)
 
 
 @pytest.fixture(scope="session")
