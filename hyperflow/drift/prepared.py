@@ -109,7 +109,9 @@ def _fixed(net) -> dict[str, Tensor]:
     parts = [m for name, m in net.named_children() if name != "encoder"]
     tensors = [*net.parameters(recurse=False), *net.buffers(recurse=False)]
     tensors += [t for m in parts for t in (*m.parameters(), *m.buffers())]
-    key = tuple((id(t), t._version) for t in tensors)
+    # and the grad mode: terms built under no_grad or inference_mode must not reach autograd
+    key = (torch.is_grad_enabled(), torch.is_inference_mode_enabled())
+    key += tuple((id(t), t._version) for t in tensors)
     cached = net.__dict__.get("_prepared_fixed")
     if cached is not None and cached[0] == key:
         return cached[1]

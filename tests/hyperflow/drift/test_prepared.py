@@ -158,3 +158,17 @@ def test_compile_failure_falls_back_to_eager_steps(layout, encoder, monkeypatch)
     finally:
         compiled._compiled_block.cache_clear()  # later tests compile again
     assert _close(out, expected) and torch.equal(out, again)
+
+
+def test_terms_cached_without_gradients_are_not_served_with_them(layout, encoder):
+    # a cache filled under no_grad holds tensors without a graph: with gradients on, prepare
+    # must rebuild them, or the per-layer maps would silently get no gradient
+    net = _random_net(layout, encoder, True)
+    task, theta = _task(net, 1), torch.randn(1, layout.size, dtype=torch.float64)
+    t = torch.tensor([1.0], dtype=torch.float64)
+    with torch.no_grad():
+        net.prepare(task)
+    prepared = net.prepare(task)
+    net.velocity(theta, prepared, net.time_rows(prepared, t)).sum().backward()
+    grads = [w.grad for w in net.out.weight.values()]
+    assert all(g is not None and g.abs().sum() > 0 for g in grads)
