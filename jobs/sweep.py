@@ -1,9 +1,10 @@
 """`hyperflow sweep`: the scaling curve, drift sizes x trajectory counts on the same episodes.
 
 For every drift size (train.size preset) and every N in --records, trains a drift network on the
-store's first N records (train.max_records: nested subsets) and evaluates it on the episodes of
---baselines, a results.json holding `direct` and `bias_tuning` for exactly those episodes and
-target (`hyperflow evaluate --methods direct,bias_tuning`); the baselines are copied
+store's first N records (train.max_records: nested subsets; with --scale-steps for train.steps x
+N / smallest N steps, the same passes over its records at every N) and evaluates it on the
+episodes of --baselines, a results.json holding `direct` and `bias_tuning` for exactly those
+episodes and target (`hyperflow evaluate --methods direct,bias_tuning`); the baselines are copied
 (`evaluate --reuse`), never re-run. Each grid point is exactly the `hyperflow train` and
 `hyperflow evaluate` command a user would type, printed as it starts; points whose outputs exist
 are skipped, so an interrupted sweep continues where it stopped.
@@ -47,6 +48,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--records", default="300,600,1200,2400,4800", help="trajectory counts")
     p.add_argument("--method", default="hyperflow_cubic", choices=sorted(HYPERFLOW_METHODS))
     p.add_argument("--steps", type=int, default=20, help="Euler steps of the reported method")
+    p.add_argument(
+        "--scale-steps",
+        action="store_true",
+        help="train.steps is the step count at the smallest --records; a point of N records "
+        "trains train.steps x N / smallest N steps (as many passes over its records as the "
+        "smallest point makes; without it every point trains train.steps)",
+    )
 
 
 def _int_list(text: str, what: str) -> list[int]:
@@ -95,8 +103,9 @@ def run(args: argparse.Namespace) -> None:
         for n in records:
             point = f"{size}-{n}"
             drift, report = f"{out.url}/{point}", f"{out.url}/{point}/eval"
+            steps = _train_steps(cfg.train.steps, n, records[0], args.scale_steps)
             if not out.exists(f"{point}/drift.json"):
-                sets = [f"train.size={size}", f"train.max_records={n}"]
+                sets = [f"train.size={size}", f"train.max_records={n}", f"train.steps={steps}"]
                 run_hyperflow(
                     ["train", *common, "--store", args.store, "--target", args.target]
                     + ["--out", drift, "--interpolant", interpolant, *set_flags(sets)],
@@ -117,6 +126,7 @@ def run(args: argparse.Namespace) -> None:
                     "size": size,
                     "params": params,
                     "records": n,
+                    "train_steps": steps,
                     **summary_row(results, reported, collected),
                 }
             )
@@ -136,6 +146,12 @@ def run(args: argparse.Namespace) -> None:
     print(f"wrote {out.url}/scaling.md, scaling.json and scaling.png", file=sys.stderr)
 
 
+def _train_steps(steps: int, n: int, smallest: int, scale: bool) -> int:
+    # --scale-steps: a fixed number of passes over the records. A fixed step count under-trains
+    # the large points (docs/scaling.md: 4x the steps at 2,400 procedural records, +10 points)
+    return -(-steps * n // smallest) if scale else steps
+
+
 def _load_results(path: str, what: str) -> dict:
     loc = location(path)
     if loc.exists("results.json"):
@@ -151,6 +167,7 @@ def _points(rows: list[dict], store: str, seed: int) -> list[dict]:
     groups = {"heldout": "heldout", "collected": "collected", "never": "never_collected"}
     return [
         {"store": store, "size": r["size"], "records": r["records"], "seed": seed}
+        | {"train_steps": r["train_steps"]}
         | {f"{name}_recovery": r[f"recovery_{key}_ci"] for key, name in groups.items()}
         for r in rows
     ]
@@ -173,12 +190,12 @@ def _markdown(rows: list[dict], method: str, base: dict, collected: list[str]) -
         f"{base['episodes_per_domain']} episodes per domain, seed {base['seed']}; collected "
         f"shift families {collected}.",
         "",
-        "| size | params | trajectories | held-out | all | collected | never collected |",
-        "|---|---|---|---|---|---|---|",
+        "| size | params | trajectories | steps | held-out | all | collected | never collected |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['size']} | {r['params'] / 1e6:.2f}M | {r['records']} | "
+            f"| {r['size']} | {r['params'] / 1e6:.2f}M | {r['records']} | {r['train_steps']} | "
             f"{100 * r['heldout']:.1f} ± {100 * r['heldout_ci95']:.1f} | "
             f"{_recovery_cell(r, 'heldout')} | {_recovery_cell(r, 'collected')} | "
             f"{_recovery_cell(r, 'never')} |"

@@ -30,14 +30,18 @@ def test_a_sweep_trains_each_point_reports_it_and_resumes(
     store, base = local_store["store"], baselines["dir"]
     assert baselines["target"] == untrained_target  # the target the store was collected with
     out = tmp_path / "sweep"
-    argv = _argv(store, untrained_target, base, out, "--records", "8,16")
+    argv = _argv(store, untrained_target, base, out, "--records", "8,16", "--scale-steps")
     proc = cli(*argv, env=cluster_env("sweep"))
     rows = json.loads(proc.stdout)["rows"]
     assert [(r["size"], r["records"]) for r in rows] == [("small", 8), ("small", 16)]
-    # nested subsets: each point trained on exactly its share of the store
-    for n in (8, 16):
+    # nested subsets: each point trained on exactly its share of the store, and with
+    # --scale-steps for as many passes over it as the smallest point (train.steps=10 at 8)
+    for n, steps in ((8, 10), (16, 20)):
         drift = json.loads((out / f"small-{n}" / "drift.json").read_text())
         assert drift["extra"]["train_config"]["max_records"] == n
+        assert drift["extra"]["train_config"]["steps"] == steps
+        log = (out / f"small-{n}" / "train_log.jsonl").read_text().splitlines()
+        assert json.loads(log[-1])["step"] == steps, "the steps were trained, not just recorded"
         results = json.loads((out / f"small-{n}" / "eval" / "results.json").read_text())
         assert (
             results["methods"]["bias_tuning"]
@@ -51,8 +55,8 @@ def test_a_sweep_trains_each_point_reports_it_and_resumes(
     assert (out / "scaling.png").read_bytes()[:4] == b"\x89PNG"
     # docs-style points: each recovery with its paired interval over the baselines' episodes
     points = json.loads((out / "scaling.json").read_text())["points"]
-    cells = [(p["size"], p["records"], p["seed"]) for p in points]
-    assert cells == [("small", 8, 0), ("small", 16, 0)]
+    cells = [(p["size"], p["records"], p["seed"], p["train_steps"]) for p in points]
+    assert cells == [("small", 8, 0, 10), ("small", 16, 0, 20)]
     for p in points:
         assert p["store"] == str(store)
         for key in ("heldout_recovery", "collected_recovery", "never_collected_recovery"):
