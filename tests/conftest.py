@@ -13,15 +13,35 @@ def pytest_collection_modifyitems(config, items):
     """Every test under tests/jobs is `slow`: they run `hyperflow` commands, Ray clusters and
     torchrun ranks (minutes). `pytest -m "not slow"` (make test-fast) runs the unit tests.
 
-    The multi-node tests (tests/jobs/nodes) go first: under pytest-xdist (`make test` runs
-    `-n 2 --dist loadfile`, one file per worker at a time) their two files are the longest work
-    units, and started last they would set the suite's length."""
+    Slowest first: the multi-node tests (tests/jobs/nodes), then the other job tests, then the
+    unit tests. Under pytest-xdist (`make test`: `-n 2 --dist loadfile`) work units are handed out
+    in this order, so the two workers end on files of seconds, not on a job file of minutes."""
     jobs = config.rootpath / "tests" / "jobs"
     nodes = jobs / "nodes"
     for item in items:
         if item.path.is_relative_to(jobs):
             item.add_marker(pytest.mark.slow)
-    items.sort(key=lambda item: not item.path.is_relative_to(nodes))  # stable: order kept
+    # stable: the order within each of the three kinds is kept
+    items.sort(key=lambda item: [not item.path.is_relative_to(d) for d in (nodes, jobs)])
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """--dist loadfile with tests/jobs/nodes as one work unit: its two files share one multi-node
+    Ray cluster (a package fixture), which each worker running one of them would start again
+    (~60 s, and two 3-node clusters at once on 2 cores). Units go out in collection order, not
+    xdist's default of most tests first (which put the minute-long job files last)."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    nodes = "tests/jobs/nodes/"
+
+    class Scheduler(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return nodes if nodeid.startswith(nodes) else super()._split_scope(nodeid)
+
+    config.option.loadscopereorder = False
+    return Scheduler(config, log)
 
 
 @pytest.fixture(scope="session")
