@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -279,21 +280,26 @@ def measure_memory(methods, job, init, num_gpus: float = 0, attempts: int = 3) -
     """Peak adaptation memory per method, {"bytes", "device"}, each on a fresh single-use actor
     holding the resources the evaluation workers hold; init: EvalWorker arguments. Ray must be
     connected. Each runs in a one-actor ResilientPool: an actor that dies (its node lost) is
-    replaced by a fresh one, up to `attempts` actors per method."""
-    out = {}
-    for m in methods:
-        pool = ResilientPool(
-            EvalWorker,
-            1,
-            {**init, "measure": True},
-            num_gpus=num_gpus,
-            depth=1,
-            min_replacements=attempts - 1,
-            replace_fraction=0.0,
-        )
-        try:
-            for _, result in pool.map_unordered("memory", [(m, job)]):
-                out[m.name] = result
-        finally:
-            pool.shutdown()
-    return out
+    replaced by a fresh one, up to `attempts` actors per method. The methods are measured side
+    by side, as many at once as the cluster places: each peak is its own process's, and an
+    actor's start-up (~5-10 s of imports) dominates a measurement."""
+    with ThreadPoolExecutor(max_workers=len(methods)) as threads:
+        peaks = threads.map(lambda m: _peak_memory(m, job, init, num_gpus, attempts), methods)
+        return {m.name: peak for m, peak in zip(methods, peaks)}
+
+
+def _peak_memory(method, job, init, num_gpus: float, attempts: int) -> dict:
+    pool = ResilientPool(
+        EvalWorker,
+        1,
+        {**init, "measure": True},
+        num_gpus=num_gpus,
+        depth=1,
+        min_replacements=attempts - 1,
+        replace_fraction=0.0,
+    )
+    try:
+        [(_, result)] = pool.map_unordered("memory", [(method, job)])
+        return result
+    finally:
+        pool.shutdown()
