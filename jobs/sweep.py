@@ -27,11 +27,14 @@ from engine.manifest import Manifest
 from engine.storage import location
 from hyperflow.config import load_config
 from hyperflow.errors import UserError
+from hyperflow.evaluation.paired import recovery_change
 from hyperflow.evaluation.plan import HYPERFLOW_METHODS
-from hyperflow.evaluation.scaling import plot_curve, summary_row
+from hyperflow.evaluation.scaling import heldout_groups, plot_curve, summary_row
 from jobs.common import add_config_args, output, run_hyperflow, set_flags, source
 
 BASELINES = ("direct", "bias_tuning")
+# heldout_groups' keys -> docs/scaling.json's field prefixes
+GROUPS = {"heldout": "heldout", "collected": "collected", "never": "never_collected"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -98,7 +101,7 @@ def run(args: argparse.Namespace) -> None:
     ]
 
     # loop: one train + one evaluate per point; finished points are skipped
-    rows = []
+    rows, by_point = [], {}
     for size in sizes:
         for n in records:
             point = f"{size}-{n}"
@@ -120,6 +123,7 @@ def run(args: argparse.Namespace) -> None:
                     "sweep",
                 )
             results = _load_results(report, "evaluate --out")
+            by_point[size, n] = results
             params = json.loads(out.read_bytes(f"{point}/drift.json"))["params"]
             rows.append(
                 {
@@ -131,8 +135,9 @@ def run(args: argparse.Namespace) -> None:
                 }
             )
 
+    changes = _changes(by_point, sizes, records, reported, collected)
     out.write_bytes("scaling.png", plot_curve(rows, reported))
-    out.write_bytes("scaling.md", _markdown(rows, reported, base, collected).encode())
+    out.write_bytes("scaling.md", _markdown(rows, changes, reported, base, collected).encode())
     points = _points(rows, args.store, cfg.train.seed)
     doc = {
         "method": reported,
@@ -140,6 +145,7 @@ def run(args: argparse.Namespace) -> None:
         "episode_seed": base["seed"],
         "collected_shifts": collected,
         "points": points,
+        "changes": changes,
     }
     out.write_bytes("scaling.json", json.dumps(doc, indent=1).encode())
     print(json.dumps({"method": reported, "collected_shifts": collected, "rows": rows}, indent=1))
@@ -162,13 +168,28 @@ def _load_results(path: str, what: str) -> dict:
     return json.loads(location(parent).read_bytes(name))
 
 
+def _changes(by_point: dict, sizes, records, method: str, collected: list[str]) -> list[dict]:
+    # per size, recovery at the largest N minus at the smallest, paired over the shared episodes:
+    # whether more trajectories paid beyond noise (issue 21's acceptance)
+    if len(records) < 2:
+        return []
+    out = []
+    for size in sizes:
+        first, last = by_point[size, records[0]], by_point[size, records[-1]]
+        change = {"size": size, "from": records[0], "to": records[-1]}
+        for key, domains in heldout_groups(first, collected).items():
+            iv = recovery_change(first, last, method, domains) if domains else None
+            change[f"{GROUPS[key]}_recovery"] = iv.to_dict() if iv else None
+        out.append(change)
+    return out
+
+
 def _points(rows: list[dict], store: str, seed: int) -> list[dict]:
     # docs/scaling.json's point: recoveries with their paired intervals (None without rows)
-    groups = {"heldout": "heldout", "collected": "collected", "never": "never_collected"}
     return [
         {"store": store, "size": r["size"], "records": r["records"], "seed": seed}
         | {"train_steps": r["train_steps"]}
-        | {f"{name}_recovery": r[f"recovery_{key}_ci"] for key, name in groups.items()}
+        | {f"{name}_recovery": r[f"recovery_{key}_ci"] for key, name in GROUPS.items()}
         for r in rows
     ]
 
@@ -183,7 +204,9 @@ def _recovery_cell(row: dict, key: str) -> str:
     return f"{pct(value)}% [{pct(ci['lo'])}, {pct(ci['hi'])}]"
 
 
-def _markdown(rows: list[dict], method: str, base: dict, collected: list[str]) -> str:
+def _markdown(
+    rows: list[dict], changes: list[dict], method: str, base: dict, collected: list[str]
+) -> str:
     lines = [
         f"{method}: held-out accuracy (95% interval) and share of bias-tuning's gain recovered "
         "[paired bootstrap 95% interval over episodes; '-': unbounded]; "
@@ -200,4 +223,22 @@ def _markdown(rows: list[dict], method: str, base: dict, collected: list[str]) -
             f"{_recovery_cell(r, 'heldout')} | {_recovery_cell(r, 'collected')} | "
             f"{_recovery_cell(r, 'never')} |"
         )
+    if changes:
+        lines += [
+            "",
+            "Recovery at the largest N minus at the smallest, in points [paired 95% interval]:",
+            "",
+            "| size | from | to | all | collected | never collected |",
+            "|---|---|---|---|---|---|",
+        ]
+        for c in changes:
+            cells = [_change_cell(c[f"{name}_recovery"]) for name in GROUPS.values()]
+            lines.append(f"| {c['size']} | {c['from']} | {c['to']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _change_cell(iv: dict | None) -> str:
+    if iv is None or iv["mean"] is None:
+        return "-"
+    pts = lambda v: "-" if v is None else f"{100 * v:+.0f}"  # noqa: E731
+    return f"{pts(iv['mean'])} [{pts(iv['lo'])}, {pts(iv['hi'])}]"

@@ -117,3 +117,43 @@ def paired_intervals(
             _recovery(mine - direct, bias - direct),
         ),
     }
+
+
+def recovery_change(
+    first: dict,
+    last: dict,
+    method: str,
+    domains: list[str],
+    resamples: int = RESAMPLES,
+    seed: int = SEED,
+) -> Interval | None:
+    """`method`'s recovery in results `last` minus its recovery in results `first` over `domains`,
+    with its paired 95% interval: e.g. two points of a sweep, which copy one set of baselines onto
+    the same episodes, so one draw of episodes serves all four tables (direct, bias_tuning and the
+    method in each). None when rows are missing, the episodes differ or the baselines differ."""
+    names = ["direct", "bias_tuning", method]
+    if not domains or not (has_episodes(first, names) and has_episodes(last, names)):
+        return None
+    ids = _episode_ids(first, "direct", domains)
+    if not all(ids.values()) or any(
+        _episode_ids(r, m, domains) != ids for r in (first, last) for m in names
+    ):
+        return None
+    direct, bias = (episode_table(first, m, domains) for m in names[:2])
+    for m, table in (("direct", direct), ("bias_tuning", bias)):
+        theirs = episode_table(last, m, domains)
+        if any(not np.array_equal(table[d], theirs[d]) for d in domains):
+            return None  # not the same baselines: the difference would not be paired
+    tables = [
+        direct,
+        bias,
+        episode_table(first, method, domains),
+        episode_table(last, method, domains),
+    ]
+    d, b, a, z = resampled_means(tables, resamples, seed)
+    d0, b0, a0, z0 = (np.mean([t[k].mean() for k in domains]) for t in tables)
+    gain = np.array(b0 - d0)
+    point = _recovery(np.array(z0 - d0), gain) - _recovery(np.array(a0 - d0), gain)
+    with np.errstate(invalid="ignore"):  # inf - inf where bias-tuning gains nothing
+        samples = _recovery(z - d, b - d) - _recovery(a - d, b - d)
+    return _interval(float(point), samples)

@@ -62,6 +62,14 @@ def test_a_sweep_trains_each_point_reports_it_and_resumes(
         for key in ("heldout_recovery", "collected_recovery", "never_collected_recovery"):
             assert p[key] is None or set(p[key]) == {"mean", "lo", "hi"}, key
     assert all(p["heldout_recovery"] is not None for p in points), "the baselines have rows"
+    # the change from the smallest to the largest N, paired over the same episodes (the points
+    # share one copy of the baselines, else it would be None); its values are tested in
+    # tests/hyperflow/evaluation/test_paired.py: here the untrained target's bias-tuning gains
+    # ~nothing, so recoveries are unbounded
+    [change] = json.loads((out / "scaling.json").read_text())["changes"]
+    assert (change["size"], change["from"], change["to"]) == ("small", 8, 16)
+    assert set(change["heldout_recovery"]) == {"mean", "lo", "hi"}
+    assert "Recovery at the largest N minus at the smallest" in (out / "scaling.md").read_text()
     assert "[sweep] hyperflow train" in proc.stderr
 
     # a finished point is skipped: a larger grid only runs its new points (in this process: a

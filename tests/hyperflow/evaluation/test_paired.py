@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hyperflow.evaluation.paired import paired_intervals, resampled_means
+from hyperflow.evaluation.paired import paired_intervals, recovery_change, resampled_means
 from hyperflow.evaluation.report import add_paired, markdown, summarize
 from hyperflow.evaluation.scaling import summary_row
 from hyperflow.evaluation.worker import MethodSpec
@@ -133,3 +133,28 @@ def test_the_scaling_row_carries_a_paired_interval_per_group():
         ci = row[f"recovery_{group}_ci"]
         assert ci["mean"] == pytest.approx(row[f"recovery_{group}"])
         assert ci["lo"] <= ci["mean"] <= ci["hi"]
+
+
+def test_a_change_of_recovery_between_two_points_is_paired_over_their_shared_episodes():
+    base = _base()
+    rng = np.random.default_rng(5)
+    # the first point: direct plus noise of +-5 points per episode; the second: the same plus 2
+    first = {
+        d: np.clip(a + rng.normal(0.02, 0.05, len(a)), 0, 1) for d, a in base["direct"].items()
+    }
+    last = {d: a + 0.02 for d, a in first.items()}
+    a, z = _results({**base, "hf": first}), _results({**base, "hf": last})
+    up = recovery_change(a, z, "hf", HELD)
+    # +2 points on every episode of an 8-point gain: exactly +25 recovery points, in every replicate
+    assert up.mean == pytest.approx(0.25) and up.excludes_zero()
+    assert up.lo == pytest.approx(0.25) and up.hi == pytest.approx(0.25)
+    assert recovery_change(z, a, "hf", HELD).mean == pytest.approx(-0.25)
+    # negative control: an unrelated draw of the same noise, no better on average, is not a change
+    other = {
+        d: np.clip(a + rng.normal(0.02, 0.05, len(a)), 0, 1) for d, a in base["direct"].items()
+    }
+    flat = recovery_change(a, _results({**base, "hf": other}), "hf", HELD)
+    assert flat.lo < 0 < flat.hi, flat
+    # a point evaluated against other baselines is not paired with the first: no interval
+    moved = {**base, "bias_tuning": {d: v + 0.01 for d, v in base["bias_tuning"].items()}}
+    assert recovery_change(a, _results({**moved, "hf": last}), "hf", HELD) is None
