@@ -39,6 +39,8 @@ class DriftTrainConfig(Section):
     encoder: NonEmptyStr = "target"  # "target" (frozen backbone) or a timm name trained with it
     interpolant: Annotated[str, registry(registries.interpolants)] = "piecewise_cubic"
     site_stats: bool = True  # condition on per-bias activation statistics (encoder=target only)
+    # the task embedding also reads a per-layer summary of the site statistics (needs site_stats)
+    task_stats: bool = False
     theta_noise: NonNegFloat = 0.0  # off-path perturbation of theta(t), in per-layer scales
     steps: PosInt = 1500
     batch_size: PosInt = 32
@@ -82,6 +84,8 @@ class DriftTrainConfig(Section):
                 f"must be false with train.encoder={self.encoder!r}: site statistics are read "
                 "from the target backbone (set train.site_stats=false)",
             )
+        if self.task_stats and not self.site_stats:
+            raise BadKey("task_stats", "needs train.site_stats=true: it pools the site statistics")
         if self.fsdp and self.encoder != "target":
             # untested; and unlike DDP, FSDP would not keep a trained encoder's BatchNorm running
             # statistics equal across ranks (DDP broadcasts rank 0's buffers every forward)

@@ -83,6 +83,17 @@ class DriftNet(nn.Module):
         else:
             self.encoder = encoder
         self.pool = PrototypePooling(feature_dim, w, s.task_dim)
+        if cfg.task_stats:
+            assert K, "task_stats needs site statistics"
+            # The prototype pooling sees the last layer only. A probe of a trained small drift's
+            # embedding told a procedural episode's primitives apart no better than an untrained
+            # one's (mean AUC 0.64 vs 0.63); its site statistics did better (0.70). Per layer
+            # and statistic: the mean and RMS of the normalised values [B, 2 K L] -> task_dim,
+            # added to the embedding (zero-initialised: training starts from the plain drift).
+            self.stat_pool = nn.Sequential(
+                nn.Linear(2 * K * L, w), nn.GELU(), zero_linear(w, s.task_dim)
+            )
+            self.register_buffer("layer_numel", layout.layer_index().bincount(), False)  # [L]
 
         self.groups = LayerGroups(layout)
         self.register_buffer("layer_index", layout.layer_index(), persistent=False)  # [P]
@@ -155,7 +166,18 @@ class DriftNet(nn.Module):
             return Task(embedding)
         assert stats is not None, "this drift network is conditioned on site statistics"
         z = (stats.float() - self.stat_offset) / self.stat_scale
-        return Task(embedding, _SQUASH * torch.tanh(z / _SQUASH))
+        squashed = _SQUASH * torch.tanh(z / _SQUASH)  # [B, K, P]
+        if self.cfg.task_stats:
+            embedding = embedding + self.stat_pool(self._layer_summary(squashed))
+        return Task(embedding, squashed)
+
+    def _layer_summary(self, s: Tensor) -> Tensor:
+        # s [B, K, P] -> per layer (layout order) mean and RMS over its coordinates [B, 2 K L]
+        B, K, _ = s.shape
+        zeros = s.new_zeros(B, K, len(self.layer_numel))
+        mean = zeros.index_add(2, self.layer_index, s) / self.layer_numel
+        rms = (zeros.index_add(2, self.layer_index, s * s) / self.layer_numel).sqrt()
+        return torch.cat([mean, rms], dim=1).flatten(1)
 
     def encode_tasks(
         self, supports: list[tuple[Tensor, Tensor]], chunk: int = 0, compiled: bool = False

@@ -1,5 +1,6 @@
 """What a drift network is: a size preset (small, base, large) whose dimensions explicit keys may
-override, the encoder, the interpolant it is trained on and whether it reads site statistics.
+override, the encoder, the interpolant it is trained on and whether it reads site statistics
+(per coordinate, and with task_stats summarised per layer into the task embedding).
 
 A DriftNet stores its config *resolved* (every dimension filled in), so drift.json and a
 checkpoint's run signature name the architecture itself, not a preset whose values might change.
@@ -29,6 +30,7 @@ DRIFT_SIZES: dict[str, DriftSize] = {
     "large": DriftSize(layer_dim=128, width=512, depth=4, task_dim=256, time_dim=128),
 }
 DIMS = tuple(f.name for f in fields(DriftSize))
+_KEYS = ("size", "encoder", "interpolant", "site_stats", "task_stats")
 
 
 @dataclass
@@ -43,13 +45,12 @@ class DriftConfig:
     depth: int | None = None
     task_dim: int | None = None
     time_dim: int | None = None
+    task_stats: bool = False  # the task embedding reads a per-layer summary of site statistics
 
     def validate(self) -> None:
         """UserError naming `train.<key>` unless the config schema admits these keys (the one
         implementation of the checks, for configs and drift.json alike)."""
-        check_drift_keys(
-            {k: getattr(self, k) for k in ("size", "encoder", "interpolant", "site_stats", *DIMS)}
-        )
+        check_drift_keys({k: getattr(self, k) for k in (*_KEYS, *DIMS)})
 
     def dims(self) -> DriftSize:
         """The preset's dimensions, overridden by the explicit ones."""
@@ -66,4 +67,6 @@ class DriftConfig:
 def drift_config(tc, interpolant: str) -> DriftConfig:
     """The DriftConfig of a `train` config section (hyperflow.config.DriftTrainConfig)."""
     dims = {name: getattr(tc, name) for name in DIMS}
-    return DriftConfig(tc.size, tc.encoder, interpolant, tc.site_stats, **dims)
+    return DriftConfig(
+        tc.size, tc.encoder, interpolant, tc.site_stats, **dims, task_stats=tc.task_stats
+    )

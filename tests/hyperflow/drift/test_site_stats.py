@@ -178,3 +178,48 @@ def test_stats_conditioned_drift_depends_on_them_and_round_trips(tmp_path, tiny_
 def test_site_stats_need_the_target_encoder():
     with pytest.raises(UserError, match="site_stats"):
         DriftConfig(encoder="test_resnet").validate()
+
+
+def test_task_stats_put_a_per_layer_summary_of_the_statistics_into_the_task_embedding(
+    tmp_path, tiny_model, episodes
+):
+    cfg = DriftConfig(interpolant="linear", task_stats=True)
+    net = DriftNet(tiny_model.layout, cfg, tiny_model.backbone, tiny_model.feature_dim, 5.0).eval()
+    x, y = _support(tiny_model, episodes[0])
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        features, raw = net.support_inputs(x, [y])
+        # zero-initialised: the untrained embedding is the prototype pooling's alone
+        torch.testing.assert_close(
+            net.make_task(features, [y], raw).embedding, net.pool(features, [y])
+        )
+        for p in net.stat_pool.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+        base = net.make_task(features, [y], raw).embedding
+        # the same images with one layer's statistics moved (a shift at that depth): the
+        # embedding moves; a plain drift's embedding cannot see it (negative control)
+        first = tiny_model.layout.entries[0]
+        moved = raw.clone()
+        moved[:, :, first.offset : first.offset + first.numel] += 1.0
+        assert (net.make_task(features, [y], moved).embedding - base).abs().max() > 1e-3
+        plain = DriftNet(tiny_model.layout, DriftConfig(interpolant="linear"), tiny_model.backbone,
+                         tiny_model.feature_dim, 5.0).eval()  # fmt: skip
+        torch.testing.assert_close(
+            plain.make_task(features, [y], moved).embedding,
+            plain.make_task(features, [y], raw).embedding,
+        )
+        # coordinates permuted within a layer: a per-layer summary does not change
+        perm = raw.clone()
+        block = slice(first.offset, first.offset + first.numel)
+        perm[:, :, block] = raw[:, :, block].flip(-1)
+        torch.testing.assert_close(net.make_task(features, [y], perm).embedding, base)
+    save_drift(net, tmp_path)
+    loaded = load_drift(tmp_path, tiny_model.backbone, tiny_model.feature_dim).eval()
+    assert loaded.cfg.task_stats
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.make_task(features, [y], raw).embedding, base)
+
+
+def test_task_stats_need_site_stats():
+    with pytest.raises(UserError, match="task_stats"):
+        DriftConfig(site_stats=False, task_stats=True).validate()
