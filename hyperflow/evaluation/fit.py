@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--draws", type=int, default=8, help="times t per record")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
+    torch.set_num_threads(1)  # beside a trainer, two processes of 2 threads thrash 2 cores
     if a.records < 2 or a.draws < 1:
         raise SystemExit(f"--records must be >= 2 and --draws >= 1, got {a.records}, {a.draws}")
     print(json.dumps(measure(a.drift, a.target, a.store, a.records, a.draws, a.seed), indent=1))
