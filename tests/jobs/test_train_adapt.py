@@ -6,7 +6,7 @@ no Ray), on clean base-domain episodes, at the one learning rate the tiny config
 bias-tuning, and the drift is trained with off-path theta noise (train.theta_noise). Measured: the
 loss is lowered in 82.8% of the 64 new episodes, mean 0.3396 -> 0.2993; without theta noise and
 with per-episode learning rates in [0.01, 0.1] it was 73.4%, 0.3396 -> 0.3334. A fresh install
-of 2026-12-07 (another build of the embedded glyphs: the loss at theta_0 moved to 0.3372) gave
+of 2026-12-07 (its dependencies moved the loss at theta_0 to 0.3372; which one, not traced) gave
 70.3%, 0.3372 -> 0.3046, the same at the commit before that session; the test asks for what the
 drift is for at a level chance cannot reach: a sign test over episodes, and a 5% lower mean.
 One intra-op thread throughout (shared 2-core machine).
