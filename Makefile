@@ -22,8 +22,9 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-# two pytest-xdist workers, a test file each at a time: the job tests wait on Ray and on
-# subprocesses for about half their time, so two share the 2 cores (30 -> 23 min measured)
+# two pytest-xdist workers, a test file each at a time (30 -> 23 min measured when added); the
+# cores are then 95-99% busy, so a third worker only adds contention (17:59 vs 14:53 measured).
+# tests/conftest.py gives every process of the run one intra-op thread.
 test: install lint
 	$(PY) -m pytest -q -n 2 --dist loadfile tests
 

@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from hyperflow.data.episodes import Episode, EpisodeSpec
 from hyperflow.model import TargetConfig, TargetModel
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (`make test`: 2 workers on 2 cores) every process runs one intra-op
+    thread: the worker itself and, through OMP_NUM_THREADS, every process its tests start that
+    does not set its own (Ray workers and torchrun ranks already do). The cores are busy with the
+    other worker's processes all along (96-99% measured), and two 2-thread processes on them
+    thrash instead of sharing."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):
