@@ -10,6 +10,7 @@ scale     the engine at N records (synthetic simulator): commit cost first vs la
 drift-scale  a >= 50M-parameter drift network: 100 steps on 2 ranks, grad accumulation, bf16,
           killed after a checkpoint and resumed; step time, peak RSS per rank, resume exactness
 smat-sweep  SMAT settings (smat.lr x smat.tau) chosen by accuracy on base-domain episodes only
+cpu       where a command's CPU time goes (--run 'make test'): CPU seconds per kind of process
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ BENCHES = {
     "scale": "jobs.bench.scale",
     "drift-scale": "jobs.bench.drift_scale",
     "smat-sweep": "jobs.bench.smat_sweep",
+    "cpu": "jobs.bench.cpu",
 }
 
 
@@ -53,6 +55,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--drift",
         help="adapt: a `hyperflow train` directory (default: an untrained drift network of the "
         "config's train settings, which adapts at the same cost)",
+    )
+    p.add_argument("--run", metavar="COMMAND", help="cpu: the command to run and profile (sh -c)")
+    p.add_argument(
+        "--interval", type=float, default=0.5, help="cpu: seconds between samples of /proc"
     )
 
 
