@@ -20,6 +20,7 @@ import argparse
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from engine.pool import JOB_CONFIG_VAR, stage_env
@@ -114,9 +115,11 @@ def run(args: argparse.Namespace) -> None:
 def _stage(command: str, argv: list[str]) -> None:
     cmd = [sys.executable, "-m", "jobs.cli", command, *argv]
     print(f"[pipeline] hyperflow {command} {' '.join(argv)}", flush=True)
+    start = time.monotonic()
     code = subprocess.call(cmd, env=stage_env([str(REPO / p) for p in PACKAGES]))
     if code != 0:
         raise UserError(f"stage {command!r} failed with exit code {code}; rerun to resume")
+    print(f"[pipeline] {command} done in {time.monotonic() - start:.0f} s", flush=True)
 
 
 def _done(loc: Location, key: str) -> bool:
