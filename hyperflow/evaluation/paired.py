@@ -57,6 +57,21 @@ def has_episodes(results: dict, methods: list[str]) -> bool:
     return all("episodes" in results["methods"].get(m, {}) for m in methods)
 
 
+def _same_episodes(results: list[dict], methods: list[str], domains: list[str]) -> bool:
+    """Whether every one of `results` has rows of every method on one set of episodes, with at
+    least one episode per domain: the condition for pairing them."""
+    if not domains or not all(has_episodes(r, methods) for r in results):
+        return False
+    ids = _episode_ids(results[0], methods[0], domains)
+    same = all(_episode_ids(r, m, domains) == ids for r in results for m in methods)
+    return same and all(ids.values())
+
+
+def _point(table: dict[str, np.ndarray]) -> float:
+    """The report's figure: the mean over domains of the per-domain mean."""
+    return float(np.mean([a.mean() for a in table.values()]))
+
+
 def resampled_means(
     tables: list[dict[str, np.ndarray]], resamples: int = RESAMPLES, seed: int = SEED
 ) -> np.ndarray:
@@ -101,15 +116,11 @@ def paired_intervals(
     domain means), each with its paired 95% interval; None when any of the three methods lacks
     per-episode rows or they are not the same episodes."""
     names = ["direct", "bias_tuning", method]
-    if not domains or not has_episodes(results, names):
-        return None
-    ids = [_episode_ids(results, m, domains) for m in names]
-    if any(i != ids[0] for i in ids) or not all(ids[0].values()):
+    if not _same_episodes([results], names, domains):
         return None
     tables = [episode_table(results, m, domains) for m in names]
     direct, bias, mine = resampled_means(tables, resamples, seed)
-    point = [float(np.mean([t[d].mean() for d in domains])) for t in tables]
-    d0, b0, m0 = point
+    d0, b0, m0 = map(_point, tables)
     return {
         "diff": _interval(m0 - d0, mine - direct),
         "recovery": _interval(
@@ -132,12 +143,7 @@ def recovery_change(
     the same episodes, so one draw of episodes serves all four tables (direct, bias_tuning and the
     method in each). None when rows are missing, the episodes differ or the baselines differ."""
     names = ["direct", "bias_tuning", method]
-    if not domains or not (has_episodes(first, names) and has_episodes(last, names)):
-        return None
-    ids = _episode_ids(first, "direct", domains)
-    if not all(ids.values()) or any(
-        _episode_ids(r, m, domains) != ids for r in (first, last) for m in names
-    ):
+    if not _same_episodes([first, last], names, domains):
         return None
     direct, bias = (episode_table(first, m, domains) for m in names[:2])
     for m, table in (("direct", direct), ("bias_tuning", bias)):
@@ -151,9 +157,9 @@ def recovery_change(
         episode_table(last, method, domains),
     ]
     d, b, a, z = resampled_means(tables, resamples, seed)
-    d0, b0, a0, z0 = (np.mean([t[k].mean() for k in domains]) for t in tables)
+    d0, b0, a0, z0 = map(_point, tables)
     gain = np.array(b0 - d0)
-    point = _recovery(np.array(z0 - d0), gain) - _recovery(np.array(a0 - d0), gain)
     with np.errstate(invalid="ignore"):  # inf - inf where bias-tuning gains nothing
+        point = _recovery(np.array(z0 - d0), gain) - _recovery(np.array(a0 - d0), gain)
         samples = _recovery(z - d, b - d) - _recovery(a - d, b - d)
     return _interval(float(point), samples)
