@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import subprocess
 import time
 from collections import defaultdict
@@ -132,7 +131,7 @@ def bench(args) -> dict:
     total = sum(cpu for cpu, _ in per_kind.values())
     result = {
         "bench": "cpu",
-        "command": shlex.split(args.run),
+        "command": args.run,  # as given: sh -c runs it, not a split of it
         "exit_code": child.returncode,
         "wall_s": wall,
         "cores": os.cpu_count(),
