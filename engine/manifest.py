@@ -77,6 +77,12 @@ def first_difference(old, new, prefix: str = "") -> str | None:
     return None if old == new else prefix.rstrip(".") or "<config>"
 
 
+def _larger(old, new) -> bool:
+    """True if both are ints (not bools) and new > old."""
+    ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (old, new))
+    return ints and new > old
+
+
 def _info(d: dict) -> ShardInfo:
     return ShardInfo(**d)
 
@@ -151,12 +157,21 @@ class Manifest:
         return m
 
     @classmethod
-    def create_or_open(cls, root, config: dict, formats: list[str], implied: dict | None = None):
+    def create_or_open(
+        cls,
+        root,
+        config: dict,
+        formats: list[str],
+        implied: dict | None = None,
+        grows: str | None = None,
+    ):
         """New store, or the existing one if it has the same schema, config and formats.
 
         Refuses (UserError naming the first differing key) to mix stores of different configs.
         implied: config keys that stores written before the key existed lack, with the value
-        they were written with (compared as if present).
+        they were written with (compared as if present). grows: a top-level integer key that may
+        be larger than the store's (a store grown in place: its committed shards stay valid, and
+        manifest.json takes the new config); the caller checks that its shards allow that.
         """
         if not formats or not all(isinstance(f, str) for f in formats):
             raise ValueError(f"formats must be a non-empty list of format names, got {formats!r}")
@@ -164,7 +179,11 @@ class Manifest:
         loc = root if isinstance(root, Location) else location(root)
         if loc.exists(MANIFEST):
             m = cls.load(loc)
-            key = first_difference({**(implied or {}), **m.config}, config)
+            stored = {**(implied or {}), **m.config}
+            grown = grows is not None and _larger(stored.get(grows), config.get(grows))
+            if grown:  # compare everything else
+                stored = {**stored, grows: config[grows]}
+            key = first_difference(stored, config)
             if key is not None:
                 raise UserError(
                     f"store {loc.url} was written with a different config: key {key!r} differs "
@@ -176,6 +195,9 @@ class Manifest:
                     f"store {loc.url} holds formats {m.formats}, not {list(formats)}; "
                     "use the same --format or a new store location"
                 )
+            if grown:
+                m.config = config
+                m.compact()
             return m
         m = cls(loc, config, formats, [])
         m.compact()

@@ -51,11 +51,13 @@ def _loc(root) -> Location:
     return root if isinstance(root, Location) else location(root)
 
 
-def open_store(root, config: dict, formats: list[str], implied: dict | None = None) -> Manifest:
+def open_store(
+    root, config: dict, formats: list[str], implied: dict | None = None, grows: str | None = None
+) -> Manifest:
     """Driver only: create or re-open STORE (see Manifest.create_or_open) and its format roots."""
     for f in formats:
         _store(f)
-    m = Manifest.create_or_open(_loc(root), config, formats, implied)
+    m = Manifest.create_or_open(_loc(root), config, formats, implied, grows)
     for f in formats:
         STORES[f].prepare(m.loc)
     return m

@@ -15,8 +15,10 @@ import math
 from tqdm import tqdm
 
 from engine.collect import collect
+from engine.manifest import MANIFEST, Manifest
 from engine.pool import check_reachable, connect, resolve_address
 from engine.record import make_id
+from engine.storage import Location
 from engine.stores import STORES, open_store, remove_uncommitted, shard_name
 from hyperflow.config import load_config
 from hyperflow.data import load_dataset
@@ -42,7 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--out",
         required=True,
-        help="store: a local directory or a URL such as s3://bucket/prefix (created, or resumed)",
+        help="store: a local directory or a URL such as s3://bucket/prefix (created, or "
+        "resumed; a store of fewer episodes that fill whole shards is grown to --episodes, its "
+        "records kept: they are the first records of the larger store)",
     )
     p.add_argument(
         "--episodes",
@@ -105,7 +109,8 @@ def run(args: argparse.Namespace) -> None:
         config, episodes = focus.config, focus.config["episodes"]
         sim_kwargs.update(total=episodes, shards=focus.shards)
     shards = focus.shards if focus else None
-    manifest = open_store(out, config, formats, IMPLIED_BY_OLDER_STORES)
+    grows = None if focus else _grows(out, episodes, cc.shard_size)
+    manifest = open_store(out, config, formats, IMPLIED_BY_OLDER_STORES, grows)
     removed = remove_uncommitted(out)
     if removed:
         print(f"removed {len(removed)} uncommitted leftovers: {', '.join(removed[:4])}")
@@ -156,3 +161,22 @@ def run(args: argparse.Namespace) -> None:
     )
     if focus:
         print(summary(focus.doc))
+
+
+def _grows(out: Location, episodes: int, shard_size: int) -> str | None:
+    # "episodes" if `out` holds a store of fewer episodes that a larger one can extend: episode
+    # e's content depends on e alone, so its shards are those of the larger store, provided the
+    # last one is full (a partial last shard would hold fewer episodes than the grown layout's)
+    if not out.exists(MANIFEST):
+        return None
+    old = Manifest.load(out).config.get("episodes")
+    if not isinstance(old, int) or old >= episodes:
+        return None  # equal: a resume; fewer: refused as a different config by open_store
+    if old % shard_size:
+        raise UserError(
+            f"store {out.url} holds {old} episodes, not a multiple of collect.shard_size="
+            f"{shard_size}, so it cannot grow to --episodes {episodes}: its last shard would "
+            "differ from the larger store's; collect into a new location"
+        )
+    print(f"growing store {out.url} from {old} to {episodes} episodes")
+    return "episodes"

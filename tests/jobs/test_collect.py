@@ -226,3 +226,65 @@ def test_every_shift_family_and_the_clean_share_occur(untrained_target, tmp_path
     assert 70 <= shifts["clean"] <= 130 and min(shifts.values()) >= 45, shifts
     lrs = [lr for _, lr, _ in draws]
     assert 0.03 <= min(lrs) < 0.035 and 0.09 < max(lrs) <= 0.1, "lr spans [lr_min, lr_max]"
+
+
+def test_a_store_grows_to_more_episodes_and_keeps_every_record(
+    local_store, cluster_env, cli, tmp_path
+):
+    # growing: the 16 committed episodes stay byte for byte (not re-simulated), 4 more are
+    # collected after them, and the store then reads as one of 20 in both formats
+    store = tmp_path / "store"
+    shutil.copytree(local_store["store"], store)
+    kept = {k: v for k, v in _snapshot(store).items() if k != "manifest.json"}
+    argv = [*local_store["argv"][:-1], str(store), "--episodes", "20", "--workers", "1"]
+    proc = cli(*argv, env=cluster_env("grow"))
+    assert "growing store" in proc.stdout and "from 16 to 20" in proc.stdout, proc.stdout
+    after = _snapshot(store)
+    assert {k: after[k] for k in kept} == kept, "a committed object of the old store changed"
+    assert Manifest.load(store).config["episodes"] == 20
+    zarr, wds = _by_id(store, "zarr"), _by_id(store, "wds")
+    expected = {make_id("c", e, 0) for e in range(20)}
+    assert set(zarr) == expected and set(wds) == expected
+    assert main([*argv[:-2]]) == 0, "a rerun at 20 is a resume of the grown store"
+
+
+def test_episodes_do_not_depend_on_the_store_size(untrained_target):
+    # what growing relies on: episode e of a 16-episode store is episode e of a larger one
+    from hyperflow.config import load_config
+    from hyperflow.model import load_target
+    from hyperflow.simulator import BiasTuningSimulator, CollectSpec
+
+    cfg = load_config("tiny", [])
+    model = load_target(untrained_target)
+    spec = CollectSpec.from_config(cfg, model, str(untrained_target), ["latin", "greek"], "c")
+    small, large = (BiasTuningSimulator(spec, str(untrained_target), None, n) for n in (16, 400))
+    for e in (0, 7, 15):
+        (s_ep, s_lr, _), (l_ep, l_lr, _) = small.episode(e), large.episode(e)
+        assert s_ep == l_ep and s_lr == l_lr, f"episode {e} differs with the store size"
+
+
+@pytest.mark.parametrize(
+    "episodes, manifest_episodes, extra, expected",
+    [
+        ("8", None, [], ["'episodes'", "different config"]),
+        ("20", 14, [], ["holds 14 episodes", "collect.shard_size=4", "--episodes 20"]),
+        ("20", None, ["--set", "collect.sigma=0.1"], ["'sigma'", "different config"]),
+    ],
+    ids=["fewer", "partial-last-shard", "other-key-differs"],
+)
+def test_a_store_that_cannot_grow_is_refused_and_unchanged(
+    episodes, manifest_episodes, extra, expected, local_store, tmp_path, capsys
+):
+    store = tmp_path / "store"
+    shutil.copytree(local_store["store"], store)
+    if manifest_episodes is not None:
+        doc = json.loads((store / "manifest.json").read_text())
+        doc["config"]["episodes"] = manifest_episodes
+        (store / "manifest.json").write_text(json.dumps(doc))
+    before = _snapshot(store)
+    argv = [*local_store["argv"][:-1], str(store), "--episodes", episodes, *extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    for text in expected:
+        assert text in err, f"{text!r} not in stderr: {err}"
+    assert _snapshot(store) == before
