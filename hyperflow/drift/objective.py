@@ -40,7 +40,12 @@ def drift_loss(
         delta = theta_noise * net.theta_scale[net.layer_index] * eps.to(theta.device)  # [B, P]
         remaining = (net.horizon - t).clamp_min(1.0).unsqueeze(1)  # [B, 1]
         theta, velocity = theta + delta, velocity - delta / remaining
-    pred = net(theta, t, task)
+    return normalised_error(net, net(theta, t, task), velocity)
+
+
+def normalised_error(net: DriftNet, pred: Tensor, velocity: Tensor) -> Tensor:
+    """drift_loss's measure of pred [B, P] against velocity [B, P]: the squared error over each
+    layer's velocity_scale^2, averaged per layer, then over layers (a scalar)."""
     scale = net.velocity_scale[net.layer_index]  # [P]
     err = ((pred - velocity) / scale).pow(2).mean(dim=0)  # [P]
     L = net.velocity_scale.shape[0]
