@@ -24,9 +24,10 @@ lint: install
 
 # two pytest-xdist workers, a test file each at a time (30 -> 23 min measured when added); the
 # cores are then 95-99% busy, so a third worker only adds contention (17:59 vs 14:53 measured).
-# tests/conftest.py gives every process of the run one intra-op thread.
+# tests/conftest.py gives every process of the run one intra-op thread. --durations lists the
+# slowest tests, where the suite's time goes.
 test: install lint
-	$(PY) -m pytest -q -n 2 --dist loadfile tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations 15 tests
 
 test-fast: install lint
 	$(PY) -m pytest -q -m "not slow" tests
