@@ -69,14 +69,20 @@ def fit_records(model, nets: dict, records, draws: int = 8, seed: int = 0) -> di
     }
 
 
+def add_record_args(p: argparse.ArgumentParser, records: int, store_help: str) -> None:
+    """--target, --store, --records, --draws and --seed: what a measurement on a store's first
+    records takes (this module's and evaluation/spread.py's)."""
+    p.add_argument("--target", required=True, help="the target the store was collected with")
+    p.add_argument("--store", required=True, help=store_help)
+    p.add_argument("--records", type=int, default=records, help="the store's first N records")
+    p.add_argument("--draws", type=int, default=8, help="times t per record (or pair)")
+    p.add_argument("--seed", type=int, default=0)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--drift", action="append", required=True, help="a drift directory; repeat")
-    p.add_argument("--target", required=True, help="the target the store was collected with")
-    p.add_argument("--store", required=True, help="the records to score")
-    p.add_argument("--records", type=int, default=200, help="the store's first N records")
-    p.add_argument("--draws", type=int, default=8, help="times t per record")
-    p.add_argument("--seed", type=int, default=0)
+    add_record_args(p, 200, "the records to score")
     a = p.parse_args(argv)
     torch.set_num_threads(1)  # beside a trainer, two processes of 2 threads thrash 2 cores
     if a.records < 2 or a.draws < 1:

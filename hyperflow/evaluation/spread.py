@@ -27,6 +27,7 @@ from engine.stores import read_records
 from hyperflow.adapt.hyperflow import load_for_target
 from hyperflow.drift.objective import normalised_error
 from hyperflow.errors import UserError
+from hyperflow.evaluation.fit import add_record_args
 from hyperflow.interpolants import interpolate
 from hyperflow.model import load_target
 
@@ -84,11 +85,7 @@ def init_spread(model, net, pairs, draws: int = 8, seed: int = 0) -> dict:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--drift", required=True, help="a drift directory trained on this store")
-    p.add_argument("--target", required=True, help="the target the store was collected with")
-    p.add_argument("--store", required=True, help="the records, collected with inits >= 2")
-    p.add_argument("--records", type=int, default=400, help="the store's first N records")
-    p.add_argument("--draws", type=int, default=8, help="times t per pair")
-    p.add_argument("--seed", type=int, default=0)
+    add_record_args(p, 400, "the records, collected with inits >= 2")
     a = p.parse_args(argv)
     torch.set_num_threads(1)  # beside a trainer, two processes of 2 threads thrash 2 cores
     if a.records < 4 or a.draws < 1:
