@@ -109,8 +109,11 @@ def run(args: argparse.Namespace) -> None:
         config, episodes = focus.config, focus.config["episodes"]
         sim_kwargs.update(total=episodes, shards=focus.shards)
     shards = focus.shards if focus else None
-    grows = None if focus else _grows(out, episodes, cc.shard_size)
+    grown_from = None if focus else _grown_from(out, episodes, cc.shard_size)
+    grows = "episodes" if grown_from is not None else None
     manifest = open_store(out, config, formats, IMPLIED_BY_OLDER_STORES, grows)
+    if grown_from is not None:
+        print(f"growing store {out.url} from {grown_from} to {episodes} episodes")
     removed = remove_uncommitted(out)
     if removed:
         print(f"removed {len(removed)} uncommitted leftovers: {', '.join(removed[:4])}")
@@ -163,10 +166,11 @@ def run(args: argparse.Namespace) -> None:
         print(summary(focus.doc))
 
 
-def _grows(out: Location, episodes: int, shard_size: int) -> str | None:
-    # "episodes" if `out` holds a store of fewer episodes that a larger one can extend: episode
-    # e's content depends on e alone, so its shards are those of the larger store, provided the
-    # last one is full (a partial last shard would hold fewer episodes than the grown layout's)
+def _grown_from(out: Location, episodes: int, shard_size: int) -> int | None:
+    # the episodes of the store at `out` if a larger one can extend it (open_store then checks
+    # that nothing else of its config differs), else None. Episode e's content depends on e
+    # alone, so its shards are those of the larger store, provided the last one is full (a
+    # partial last shard would hold fewer episodes than the grown layout's)
     if not out.exists(MANIFEST):
         return None
     old = Manifest.load(out).config.get("episodes")
@@ -178,5 +182,4 @@ def _grows(out: Location, episodes: int, shard_size: int) -> str | None:
             f"{shard_size}, so it cannot grow to --episodes {episodes}: its last shard would "
             "differ from the larger store's; collect into a new location"
         )
-    print(f"growing store {out.url} from {old} to {episodes} episodes")
-    return "episodes"
+    return old

@@ -284,7 +284,8 @@ def test_a_store_that_cannot_grow_is_refused_and_unchanged(
     before = _snapshot(store)
     argv = [*local_store["argv"][:-1], str(store), "--episodes", episodes, *extra]
     assert main(argv) == 2
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     for text in expected:
         assert text in err, f"{text!r} not in stderr: {err}"
+    assert "growing" not in out, out
     assert _snapshot(store) == before
