@@ -57,16 +57,22 @@ def fit_records(model, nets: dict, records, draws: int = 8, seed: int = 0) -> di
     n = len(next(iter(per_record.values())))
     if n < 2:
         raise UserError(f"{n} records to score; the fit needs at least 2")
-    half = lambda v: float(1.96 * np.std(v, ddof=1) / np.sqrt(len(v)))  # noqa: E731
     first = np.array(next(iter(per_record.values())))
     diffs = {d: np.array(v) - first for d, v in per_record.items()}
     return {
         "records": n,
         "draws": draws,
         "loss": {d: float(np.mean(v)) for d, v in per_record.items()},
-        "loss_ci95": {d: half(v) for d, v in per_record.items()},
-        "minus_first": {d: {"mean": float(v.mean()), "ci95": half(v)} for d, v in diffs.items()},
+        "loss_ci95": {d: half_width(v) for d, v in per_record.items()},
+        "minus_first": {
+            d: {"mean": float(v.mean()), "ci95": half_width(v)} for d, v in diffs.items()
+        },
     }
+
+
+def half_width(values) -> float:
+    """Half-width of the normal 95% interval of the mean of `values` (one per record or pair)."""
+    return float(1.96 * np.std(values, ddof=1) / np.sqrt(len(values)))
 
 
 def add_record_args(p: argparse.ArgumentParser, records: int, store_help: str) -> None:

@@ -27,7 +27,7 @@ from engine.stores import read_records
 from hyperflow.adapt.hyperflow import load_for_target
 from hyperflow.drift.objective import normalised_error
 from hyperflow.errors import UserError
-from hyperflow.evaluation.fit import add_record_args
+from hyperflow.evaluation.fit import add_record_args, half_width
 from hyperflow.interpolants import interpolate
 from hyperflow.model import load_target
 
@@ -71,12 +71,11 @@ def init_spread(model, net, pairs, draws: int = 8, seed: int = 0) -> dict:
         spread.append(s / draws)
         loss.append(d / draws)
         gap.append(g / draws)
-    half = lambda v: float(1.96 * np.std(v, ddof=1) / np.sqrt(len(v)))  # noqa: E731
     return {
         "pairs": len(pairs),
         "draws": draws,
-        "spread": {"mean": float(np.mean(spread)), "ci95": half(spread)},
-        "drift_loss": {"mean": float(np.mean(loss)), "ci95": half(loss)},
+        "spread": {"mean": float(np.mean(spread)), "ci95": half_width(spread)},
+        "drift_loss": {"mean": float(np.mean(loss)), "ci95": half_width(loss)},
         "share": float(np.mean(spread) / np.mean(loss)),
         "theta_gap": float(np.mean(gap)),
     }

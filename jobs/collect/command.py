@@ -10,12 +10,13 @@ store's episodes are chosen where a trained drift network adapts worst (jobs/col
 from __future__ import annotations
 
 import argparse
+import json
 import math
 
 from tqdm import tqdm
 
 from engine.collect import collect
-from engine.manifest import MANIFEST, Manifest
+from engine.manifest import MANIFEST
 from engine.pool import check_reachable, connect, resolve_address
 from engine.record import make_id
 from engine.storage import Location
@@ -173,7 +174,8 @@ def _grown_from(out: Location, episodes: int, shard_size: int) -> int | None:
     # partial last shard would hold fewer episodes than the grown layout's)
     if not out.exists(MANIFEST):
         return None
-    old = Manifest.load(out).config.get("episodes")
+    # manifest.json's config alone: open_store loads the store (and lists its commits) next
+    old = json.loads(out.read_bytes(MANIFEST)).get("config", {}).get("episodes")
     if not isinstance(old, int) or old >= episodes:
         return None  # equal: a resume; fewer: refused as a different config by open_store
     if old % shard_size:

@@ -52,7 +52,7 @@ def test_inits_that_agree_have_no_spread_and_it_grows_with_their_gap(tiny_model,
     near = init_spread(tiny_model, net, init_pairs(_pairs(tiny_model, 4, 0.5)), draws=3)
     far = init_spread(tiny_model, net, init_pairs(_pairs(tiny_model, 4, 1.0)), draws=3)
     # a variance: twice the gap, four times the spread (the same draws of t)
-    assert far["spread"]["mean"] == pytest.approx(4 * near["spread"]["mean"], rel=1e-4)
+    assert far["spread"]["mean"] == pytest.approx(4 * near["spread"]["mean"], rel=1e-3)
     assert 0 < near["theta_gap"] < far["theta_gap"]
     # an untrained drift predicts neither path: its loss exceeds what (task, t) cannot explain
     assert far["drift_loss"]["mean"] > far["spread"]["mean"]
@@ -78,7 +78,9 @@ def test_predicting_the_inits_mean_velocity_leaves_exactly_the_spread(tiny_model
     net = _Predicts(tiny_model.layout, cfg, tiny_model.backbone, tiny_model.feature_dim, T).eval()
     net.answer = torch.tensor(shared, dtype=torch.float32).unsqueeze(0)
     best = init_spread(tiny_model, net, init_pairs(records), draws=2)
-    assert best["drift_loss"]["mean"] == pytest.approx(best["spread"]["mean"], rel=1e-5)
+    # float32 interpolation on either side: equal to rounding (one init's velocity for the mean,
+    # the fault this guards against, doubles the spread)
+    assert best["drift_loss"]["mean"] == pytest.approx(best["spread"]["mean"], rel=1e-3)
     net.answer = torch.tensor(shared + 0.5 * split, dtype=torch.float32).unsqueeze(0)
     worse = init_spread(tiny_model, net, init_pairs(records), draws=2)
     assert worse["drift_loss"]["mean"] > 1.2 * worse["spread"]["mean"]
