@@ -54,10 +54,10 @@ class EvaluateConfig(Section):
     # activations, at the price of one more forward call per chunk; the gradient baselines tune on
     # the whole support set at once, as usual.
     encode_chunk: NonNegInt = 0
-    # HyperFlow's Euler steps run as torch.compile'd blocks of 5 (hyperflow/drift/compiled.py):
-    # cubic@20 4.1% -> 3.0% of bias-tuning's time (hyperflow bench adapt, quickstart), for a
-    # one-off compile per evaluate worker (~15-20 s cold, ~2-5 s from inductor's on-disk cache),
-    # not timed. Same results up to float rounding. Other solvers: eager.
+    # HyperFlow's support pass and Euler steps run torch.compile'd, the steps in blocks of 10
+    # (hyperflow/drift/compiled.py): cubic@20 at 1.8 floors against 3.3-3.5 eager (hyperflow bench
+    # adapt, quickstart), for a one-off compile per evaluate worker (~15-25 s cold, ~2-5 s from
+    # inductor's on-disk cache), not timed. Same results up to float rounding. Other solvers: eager.
     compile: bool = False
     # peak adaptation memory per method, each on a fresh Ray actor after the evaluation (~5-10 s
     # a method on a CPU); false leaves results.json's peak_memory_bytes null and the column "-"

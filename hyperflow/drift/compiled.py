@@ -6,14 +6,15 @@ statistics hooks traced into its graph, so batch norms, activations, pooling and
 reductions fuse (~0.65x the eager forward's time on the quickstart target; one compile per
 input shape).
 
-A step of `velocity` is ~40 small ops on [P, d] and [L, w] tensors (P ~ 1e3): on a CPU each op's
-Python and dispatch overhead, not its arithmetic, sets the cost (~0.5 ms a step, 20 steps ~1.7x
-a support forward pass of the quickstart target). Inductor fuses a block of steps into a few
-kernels. One compiled call runs BLOCK steps: one step per call pays the guard checks at every step
-and measured barely faster than eager; the whole path as one graph compiles for minutes and once
-per step count. Any `steps` works: whole blocks compiled, the remainder eager.
+A step of `velocity` is ~40 small ops on [Q, c, d] and [L, w] tensors (P = Q c ~ 1e3): on a CPU
+each op's Python and dispatch overhead, not its arithmetic, sets the eager cost (~0.5 ms a step,
+20 steps ~1.7x a support forward pass of the quickstart target). Inductor fuses a block of steps
+into a few kernels, issued from a C++ wrapper. One compiled call runs BLOCK steps: one step per
+call pays the guard checks at every step and measured barely faster than eager; longer blocks
+compile for longer and once per step count (20: 2x the compile of 10 for 8% less time). Any
+`steps` works: whole blocks compiled, the remainder eager.
 
-The first call in a process compiles (~10-15 s on a 2-core CPU; inductor's on-disk cache makes
+The first call in a process compiles (~15-25 s on a 2-core CPU; inductor's on-disk cache makes
 later processes ~2 s); a worker then reuses it for every episode, every drift network of the same
 architecture and every multiple of BLOCK steps. Same function as the eager loop up to float
 rounding of fused kernels (tests/hyperflow/drift/test_prepared.py).
@@ -31,7 +32,7 @@ from torch import Tensor, nn
 
 from hyperflow.drift.prepared import Prepared, TimeRows, velocity
 
-BLOCK = 5
+BLOCK = 10
 
 
 def site_pass(backbone: nn.Module) -> tuple[Callable[[Tensor], Tensor], dict]:
@@ -96,4 +97,7 @@ _failed: list[Exception] = []  # why compiling failed in this process, if it did
 def _compiled_block():
     # built on first use: importing the compiler stack costs ~1 s that eager users need not pay.
     # dynamic=False: shapes are fixed per target and drift size, and static shapes fuse best
-    return torch.compile(_block, dynamic=False)
+    # cpp_wrapper: the graph's ~15 kernel and matmul calls a step are issued from C++, not Python
+    # (quickstart cubic@20: 4.0 -> 3.1 ms; blocks of 10 instead of 5 then 2.6 ms, for ~5 s more of
+    # one-off compile; blocks of 20 gave 2.4 ms and twice that compile)
+    return torch.compile(_block, dynamic=False, options={"cpp_wrapper": True})

@@ -20,6 +20,7 @@ which at training batch sizes and ViT-sized P the per-coordinate rows here would
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -36,9 +37,9 @@ class Prepared:
     embedding: Tensor  # [B, task_dim]
     scale: Tensor  # [P] theta_scale of each coordinate's layer
     velocity_scale: Tensor  # [P]
-    token: Tensor  # [P] token (group order) of each coordinate
-    flat_token: Tensor  # [B P] b L + token: episode b's coordinates into B L flat tokens
-    w_in: Tensor  # [P, d] row c: coordinate c's weights in its layer's input map
+    token: Tensor  # [Q] token (group order) of each chunk of coordinates (see _chunk)
+    flat_token: Tensor  # [B Q] b L + token: episode b's chunks into B L flat tokens
+    w_in: Tensor  # [Q, c, d] coordinate weights in their layers' input maps, by chunk
     b_in: Tensor  # [B L, d] input-map bias, flat tokens
     w_stem: Tensor  # [d, 2w] stem weights of z (first w) and of the token mean (last w)
     stem_base: Tensor  # [B, L, w] stem of layer embeddings and statistics tokens, plus bias
@@ -46,9 +47,9 @@ class Prepared:
     block_gates: list[Tensor]  # per block [L, 2w]
     w_read: Tensor  # [d + H, w] head, and context -> local hidden composed (H local width)
     b_read: Tensor  # [d + H]
-    w_out: Tensor  # [P, d] row c: coordinate c's weights in its layer's output map
+    w_out: Tensor  # [Q, c, d] coordinate weights in their layers' output maps, by chunk
     b_out: Tensor  # [P] output-map bias plus the local head's last bias
-    local_base: Tensor  # [B, P, H] local head's statistics term plus its first bias
+    local_base: Tensor  # [B, Q, c, H] local head's statistics term plus its first bias
     a_x: Tensor  # [H] local head's weights of the coordinate's own x
     w_local: Tensor  # [H] local head's last weights
 
@@ -68,20 +69,23 @@ def prepare(net, task: Task) -> Prepared:
     """The task- and weight-only terms of net's drift for the B episodes of `task`."""
     B, d = task.embedding.shape[0], net.layer_embed.shape[1]
     fixed = _fixed(net)
+    Q, c, _ = fixed["w_in"].shape
     base = fixed["stem_e"].expand(B, -1, -1)  # [B, L, w]
-    local_base = fixed["local_bias"].expand(B, net.layout.size, -1)  # [B, P, H]
+    local_base = fixed["local_bias"].expand(B, Q, c, -1)  # [B, Q, c, H]
     token, L = fixed["token"], net.layer_embed.shape[0]
     flat_token = (torch.arange(B, device=token.device).unsqueeze(1) * L + token).flatten()
     K = net.n_stats
     if K:
         stats = task.stats  # [B, K, P]
         assert stats is not None and stats.shape[1:] == (K, net.layout.size), "need stats"
-        # sum_k stat_in[k](stats[:, k]) as velocity computes inp(x): one scatter-add of rows
-        # (an einsum here runs as a bmm batched over P, ~10x slower on CPU than this product)
-        src = (stats.unsqueeze(-1) * fixed["stat_rows"]).sum(dim=1).reshape(-1, d)
+        # sum_k stat_in[k](stats[:, k]) as velocity computes inp(x): chunk sums of rows, one
+        # scatter-add (an einsum here runs as a bmm batched over P, ~10x slower on CPU)
+        src = (stats.unsqueeze(-1) * fixed["stat_rows"]).sum(dim=1)  # [B, P, d]
+        src = src.reshape(B * Q, c, d).sum(dim=1)
         zs = fixed["stat_b"].repeat(B, 1).index_add(0, flat_token, src).reshape(B, L, d)
         base = base + zs @ net.stem.weight[:, 3 * d :].T
-        local_base = local_base + stats.transpose(1, 2) @ net.local[0].weight[:, 1 : 1 + K].T
+        local_stats = stats.transpose(1, 2) @ net.local[0].weight[:, 1 : 1 + K].T  # [B, P, H]
+        local_base = local_base + local_stats.reshape(B, Q, c, -1)
     return Prepared(
         embedding=task.embedding,
         flat_token=flat_token,
@@ -121,7 +125,7 @@ def _fixed(net) -> dict[str, Tensor]:
 
 
 def _fixed_terms(net) -> dict[str, Tensor]:
-    d = net.layer_embed.shape[1]
+    d, c = net.layer_embed.shape[1], _chunk(net.layout)
     e = net.layer_embed  # [L, d] token order
     w_stem = net.stem.weight  # [w, (3 or 4) d]: columns z, e, mean z, statistics tokens
     local_w = net.local[0].weight  # [H, 1 + K + ctx]: columns x, K statistics, context
@@ -134,18 +138,18 @@ def _fixed_terms(net) -> dict[str, Tensor]:
         "local_bias": net.local[0].bias,  # [H]
         "scale": net.theta_scale[net.layer_index],
         "velocity_scale": net.velocity_scale[net.layer_index],
-        "token": net.layer_token[net.layer_index],
-        "w_in": _rows_in(net.inp),
+        "token": net.layer_token[net.layer_index][::c],
+        "w_in": _rows_in(net.inp).reshape(-1, c, d),
         "b_in": _tokens(net.inp.bias, net.groups),  # [L, d]
         "w_stem": torch.cat([w_stem[:, :d], w_stem[:, 2 * d : 3 * d]], dim=0).T,
         "gate": 1 + net.layer_gate(e),
         "block_gates": [1 + block.layer_gate(e) for block in net.blocks],
         "w_read": torch.cat([net.head.weight, a_ctx @ net.ctx.weight]),
         "b_read": torch.cat([net.head.bias, a_ctx @ net.ctx.bias]),
-        "w_out": _rows_out(net.out),
+        "w_out": _rows_out(net.out).reshape(-1, c, d),
         "b_out": net.groups.merge([b.unsqueeze(0) for b in _group_biases(net.out)])[0]
         + net.local[-1].bias,
-        "a_x": local_w[:, 0],
+        "a_x": local_w[:, 0].contiguous(),  # a strided column is gathered per element
         "w_local": net.local[-1].weight[0],
     }
 
@@ -160,9 +164,11 @@ def time_rows(net, embedding: Tensor, t: Tensor) -> TimeRows:
 def velocity(net, theta: Tensor, prep: Prepared, rows: TimeRows) -> Tensor:
     """d theta/dt [B, P] at theta [B, P] for prepared tasks and their time rows ([B, ...])."""
     (B, P), (L, d) = theta.shape, net.layer_embed.shape
+    Q, c, _ = prep.w_in.shape
     x = (theta - net.theta_offset) / prep.scale  # [B, P]
-    # scatter-add over 2-D [B P, d] rows: ~3x faster on CPU than index_add along dim 1 of 3-D
-    src = (x.unsqueeze(-1) * prep.w_in).reshape(B * P, d)
+    xc = x.reshape(B, Q, c, 1)
+    # per chunk, then one scatter-add of [B Q, d] rows into the B L tokens
+    src = (xc * prep.w_in).sum(dim=2).reshape(B * Q, d)
     z = prep.b_in.index_add(0, prep.flat_token, src).reshape(B, L, d)
     a = z @ prep.w_stem  # [B, L, 2w]
     w = a.shape[-1] // 2
@@ -171,11 +177,21 @@ def velocity(net, theta: Tensor, prep: Prepared, rows: TimeRows) -> Tensor:
     for block, gate, film in zip(net.blocks, prep.block_gates, rows.films):
         scale, shift = (film.unsqueeze(1) * gate).chunk(2, dim=-1)  # [B, L, w] each
         h = h + block.mlp(torch.addcmul(shift, block.norm(h), 1 + scale))
-    # index_select, not r[:, token]: advanced indexing measured ~10x slower here
-    r = F.linear(h, prep.w_read, prep.b_read).index_select(1, prep.token)  # [B, P, d + H]
-    out = (r[..., :d] * prep.w_out).sum(dim=-1)  # [B, P]
-    hidden = torch.addcmul(prep.local_base + r[..., d:], x.unsqueeze(-1), prep.a_x)  # [B, P, H]
-    return (out + F.gelu(hidden) @ prep.w_local + prep.b_out) * prep.velocity_scale
+    # one row per chunk, broadcast over its c coordinates: a gather per coordinate inside the
+    # fused kernel below cost ~3x its arithmetic (index_select, not r[:, token]: advanced
+    # indexing measured ~10x slower here)
+    r = F.linear(h, prep.w_read, prep.b_read).index_select(1, prep.token).unsqueeze(2)
+    out = (r[..., :d] * prep.w_out).sum(dim=-1)  # [B, Q, c]
+    hidden = torch.addcmul(prep.local_base + r[..., d:], xc, prep.a_x)  # [B, Q, c, H]
+    out = (out + F.gelu(hidden) @ prep.w_local).reshape(B, P)
+    return (out + prep.b_out) * prep.velocity_scale
+
+
+def _chunk(layout) -> int:
+    # coordinates per chunk: every layer's size is a multiple of it, so a chunk of consecutive
+    # coordinates lies in one layer and shares its token (1 for any layout; 16 for channel counts
+    # that are multiples of 16, as most backbones' are)
+    return math.gcd(16, *(e.numel for e in layout.entries))
 
 
 def _rows_in(layerwise) -> Tensor:

@@ -92,7 +92,7 @@ def test_zero_drift_net_returns_the_model_biases_and_leaves_the_model(tiny_model
 def test_adapted_theta_equals_forward_at_every_step(tiny_model, episodes, solver, steps, compiled):
     # the precomputed / batched test-time drift against the straightforward one (forward at every
     # step through torchdiffeq), all in float64: they differ in op order only (~1e-15 relative).
-    # compiled: Euler in compiled blocks of 5, here two and a remainder of 2 eager steps
+    # compiled: Euler in compiled blocks of 10, here one and a remainder of 2 eager steps
     model = copy.deepcopy(tiny_model).double()
     net = _drift_net(model).double()
     with torch.no_grad():

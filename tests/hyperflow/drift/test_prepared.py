@@ -45,8 +45,15 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
     return bool(((a - b).abs() <= RTOL * b.abs().max()).all())
 
 
+# velocity runs over chunks of c coordinates that share a layer (prepared._chunk): c = 1 for the
+# conftest layout (a layer of 5), c = 8 here, where every size is a multiple of 8
+CHUNKED = [(8,), (16,), (2, 4), (8,)]
+
+
+@pytest.mark.parametrize("chunked", [False, True])
 @pytest.mark.parametrize("site_stats", [True, False])
-def test_velocity_equals_forward(layout, encoder, site_stats):
+def test_velocity_equals_forward(layout, layout_factory, encoder, site_stats, chunked):
+    layout = layout_factory(CHUNKED) if chunked else layout
     net = _random_net(layout, encoder, site_stats)
     task = _task(net, 3)
     theta = torch.randn(3, layout.size, dtype=torch.float64)
@@ -115,7 +122,8 @@ def test_an_integrated_path_equals_one_of_forward(layout, encoder, solver):
 @pytest.mark.parametrize("steps", [2 * BLOCK, BLOCK + 2])  # whole blocks; a block and a remainder
 def test_compiled_euler_blocks_follow_forward(layout, encoder, steps):
     # hyperflow/drift/compiled.py: fused kernels change op order only (float64: ~1e-12 off); a
-    # dropped or repeated step, or a step at the wrong time, is O(1) off
+    # dropped or repeated step, or a step at the wrong time, is O(1) off. (Chunks of c > 1
+    # coordinates are velocity's, compiled or not: test_velocity_equals_forward)
     net = _random_net(layout, encoder, True)
     task = _task(net, 1)
     theta0 = torch.randn(1, layout.size, dtype=torch.float64)
