@@ -14,6 +14,7 @@ COMMANDS = {
     "pretrain": ("pretrain", "train the target backbone on the base domains"),
     "collect": ("collect.command", "simulate bias-tuning trajectories on Ray into a sharded store"),
     "inspect": ("inspect_store", "summarise and verify a trajectory store"),
+    "average": ("average", "a store of one record per episode: the mean of its inits' runs"),
     "train": (
         "train.command",
         "train a drift network from a store (Accelerate; --nproc for ranks)",
