@@ -16,14 +16,18 @@ from engine.record import SCHEMA_VERSION, TrajectoryRecord, make_id
 from hyperflow.adapt.simulate import initial_theta, simulate
 from hyperflow.data import load_dataset
 from hyperflow.data.episodes import EpisodeSampler, EpisodeSpec, build_episode
-from hyperflow.data.procedural import check_exclude
+from hyperflow.data.procedural import PRIMITIVE_COUNTS, check_exclude
 from hyperflow.model import load_target, target_id
 
 _COLLECT_STREAM = 2  # Collector.episode's random stream, apart from the sampler's
 
 
 # spec keys added after stores were first written, with the value those stores were written with
-IMPLIED_BY_OLDER_STORES = {"theta_encoding": "delta2", "procedural_exclude": []}
+IMPLIED_BY_OLDER_STORES = {
+    "theta_encoding": "delta2",
+    "procedural_exclude": [],
+    "procedural_counts": [2, 4],
+}
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,7 @@ class CollectSpec:
     # primitives the `procedural` shift family may not compose (an ablation); each record's
     # episode spec lists the composition its episode drew
     procedural_exclude: tuple[str, ...] = ()
+    procedural_counts: tuple[int, int] = PRIMITIVE_COUNTS  # fewest and most primitives
 
     @classmethod
     def from_config(cls, cfg, model, target_dir: str, domains: list[str], run: str) -> CollectSpec:
@@ -83,6 +88,7 @@ class CollectSpec:
             seed=cc.seed,
             # a config without the key (the schema may not have it yet) excludes nothing
             procedural_exclude=check_exclude(getattr(cc, "procedural_exclude", ()) or ()),
+            procedural_counts=tuple(getattr(cc, "procedural_counts", PRIMITIVE_COUNTS)),
         )
 
     def manifest_config(self) -> dict:
@@ -129,6 +135,7 @@ class BiasTuningSimulator:
             variable=spec.variable,
             shifts=tuple(spec.shifts),
             exclude=tuple(spec.procedural_exclude),
+            counts=tuple(spec.procedural_counts),
         )
 
     def episode(self, e: int) -> tuple[EpisodeSpec, float, np.random.Generator]:

@@ -43,6 +43,13 @@ def _primitives_left(exclude: list[str]) -> list[str]:
     return exclude
 
 
+def _counts(counts: list[int]) -> list[int]:
+    # the bounds are procedural.MIN_PRIMITIVES and MAX_PRIMITIVES (not imported: numpy, scipy)
+    if len(counts) != 2 or not 1 <= counts[0] <= counts[1] <= 4:
+        raise ValueError("must be [fewest, most] with 1 <= fewest <= most <= 4")
+    return counts
+
+
 class CollectConfig(Section):
     episodes: PosInt = 400
     domains: list[str] = Field(default_factory=list)  # empty: every base domain
@@ -52,6 +59,11 @@ class CollectConfig(Section):
     # primitives the `procedural` family may not compose (ablations; hyperflow/data/primitives.py)
     procedural_exclude: Annotated[list[str], AfterValidator(_primitives_left)] = Field(
         default_factory=list
+    )
+    # fewest and most primitives a procedural composition draws (uniformly between them); 1
+    # admits single-primitive episodes, the form every held-out shift has
+    procedural_counts: Annotated[list[int], AfterValidator(_counts)] = Field(
+        default_factory=lambda: [2, 4]
     )
     clean_fraction: Fraction = 0.25  # share of episodes without an on-the-fly shift
     lr_min: PosFloat = 1e-2  # per-episode lr ~ log-uniform [lr_min, lr_max]

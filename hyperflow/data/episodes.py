@@ -23,6 +23,7 @@ import torch
 
 from hyperflow.data.dataset import Dataset, Domain
 from hyperflow.data.procedural import (
+    PRIMITIVE_COUNTS,
     PROCEDURAL_NAME,
     Primitive,
     apply_composition,
@@ -128,12 +129,12 @@ def _check_domain(domain: Domain, way: int, per_class: int, what: str) -> list[n
     return np.split(order, np.cumsum(counts)[:-1])
 
 
-def _spec(domain, classes, per_class_images, shots, shift, seed, exclude) -> EpisodeSpec:
+def _spec(domain, classes, per_class_images, shots, shift, seed, exclude, counts) -> EpisodeSpec:
     support = [int(i) for imgs, k in zip(per_class_images, shots) for i in imgs[:k]]
     query = [int(i) for imgs, k in zip(per_class_images, shots) for i in imgs[k:]]
     classes = tuple(int(c) for c in classes)
     # drawn from the seed on a stream of its own: the images picked stay those of other shifts
-    steps = episode_composition(seed, exclude) if shift == PROCEDURAL_NAME else ()
+    steps = episode_composition(seed, exclude, counts) if shift == PROCEDURAL_NAME else ()
     return EpisodeSpec(domain.name, classes, tuple(support), tuple(query), shift, seed, steps)
 
 
@@ -145,16 +146,17 @@ def sample_episode(
     query: int,
     shift: str | None = None,
     exclude: tuple[str, ...] = (),
+    counts: tuple[int, int] = PRIMITIVE_COUNTS,
 ) -> EpisodeSpec:
     """An N-way K-shot episode with `query` query images per class, drawn from seed; `exclude`:
-    primitives a procedural composition may not use."""
+    primitives a procedural composition may not use, `counts`: its fewest and most primitives."""
     _check_sizes(way=way, shot=shot, query=query)
     _check_shift(shift)
     by_class = _check_domain(domain, way, shot + query, "shot+query")
     rng = np.random.default_rng(seed)
     classes = rng.choice(domain.num_classes, way, replace=False)
     picks = [rng.choice(by_class[c], shot + query, replace=False) for c in classes]
-    return _spec(domain, classes, picks, [shot] * way, shift, seed, exclude)
+    return _spec(domain, classes, picks, [shot] * way, shift, seed, exclude, counts)
 
 
 def sample_variable_episode(
@@ -166,6 +168,7 @@ def sample_variable_episode(
     min_way: int = 5,
     shift: str | None = None,
     exclude: tuple[str, ...] = (),
+    counts: tuple[int, int] = PRIMITIVE_COUNTS,
 ) -> EpisodeSpec:
     """A variable-way, class-imbalanced episode (formula in the module docstring)."""
     _check_sizes(min_way=min_way, max_way=max_way, max_shot=max_shot, query=query)
@@ -181,7 +184,7 @@ def sample_variable_episode(
         min(int(np.exp(s)), max_shot, len(by_class[c]) - query) for s, c in zip(log_shot, classes)
     ]
     picks = [rng.choice(by_class[c], k + query, replace=False) for c, k in zip(classes, shots)]
-    return _spec(domain, classes, picks, shots, shift, seed, exclude)
+    return _spec(domain, classes, picks, shots, shift, seed, exclude, counts)
 
 
 def _labels(domain: Domain, spec: EpisodeSpec, idx: tuple[int, ...]) -> torch.Tensor:
@@ -233,6 +236,7 @@ class EpisodeSampler:
     variable: bool = False  # variable way (5..way) and class-imbalanced shots (1..shot)
     shifts: tuple[str, ...] = field(default=())  # if set, one family drawn per episode
     exclude: tuple[str, ...] = field(default=())  # primitives procedural episodes may not use
+    counts: tuple[int, int] = PRIMITIVE_COUNTS  # fewest and most primitives of a composition
 
     def __post_init__(self):
         if not self.domains:
@@ -266,7 +270,8 @@ class EpisodeSampler:
                 min_way=min(5, self.way),
                 shift=shift,
                 exclude=self.exclude,
+                counts=self.counts,
             )
         return sample_episode(
-            domain, episode_seed, self.way, self.shot, self.query, shift, self.exclude
+            domain, episode_seed, self.way, self.shot, self.query, shift, self.exclude, self.counts
         )

@@ -1,10 +1,11 @@
 """The procedural shift family: every episode its own composition of image primitives.
 
-An episode's composition is 2-4 primitives of PRIMITIVES (primitives.py) drawn without
-replacement, in random order, each with continuous parameters, all from the episode's seed; every
-image of the episode then gets small jitter around those parameters. The composition is recorded
-in the episode spec (EpisodeSpec.composition), so a trajectory names exactly what it was tuned on
-and building the spec replays it. Collection can leave primitives out (`exclude`, the config's
+An episode's composition is 2-4 primitives of PRIMITIVES (primitives.py; the range is
+collect.procedural_counts, 1-4 at most) drawn without replacement, in random order, each with
+continuous parameters, all from the episode's seed; every image of the episode then gets small
+jitter around those parameters. The composition is recorded in the episode spec
+(EpisodeSpec.composition), so a trajectory names exactly what it was tuned on and building the
+spec replays it. Collection can leave primitives out (`exclude`, the config's
 collect.procedural_exclude) to ablate those nearest a held-out family.
 
 No primitive flips polarity, draws behind the glyph or displaces pixels locally (primitives.py),
@@ -22,7 +23,8 @@ from hyperflow.data.primitives import PRIMITIVES, Params
 from hyperflow.errors import UserError
 
 PROCEDURAL_NAME = "procedural"  # the shift family's name in shifts.SHIFTS and in episode specs
-MIN_PRIMITIVES, MAX_PRIMITIVES = 2, 4
+MIN_PRIMITIVES, MAX_PRIMITIVES = 1, 4  # what collect.procedural_counts may ask for
+PRIMITIVE_COUNTS = (2, 4)  # the default: fewest and most primitives of a composition
 _COMPOSITION_STREAM = 3  # the episode seed's stream for drawing the composition
 
 
@@ -57,18 +59,23 @@ def check_exclude(exclude: Sequence[str]) -> tuple[str, ...]:
 
 
 def draw_composition(
-    rng: np.random.Generator, exclude: Sequence[str] = ()
+    rng: np.random.Generator,
+    exclude: Sequence[str] = (),
+    counts: tuple[int, int] = PRIMITIVE_COUNTS,
 ) -> tuple[Primitive, ...]:
-    """2-4 primitives not in `exclude`, in random order, with their parameters drawn from rng."""
+    """counts[0]..counts[1] primitives not in `exclude`, in random order, with their parameters
+    drawn from rng."""
     pool = [n for n in PRIMITIVES if n not in set(check_exclude(exclude))]
-    k = int(rng.integers(MIN_PRIMITIVES, MAX_PRIMITIVES + 1))
+    k = int(rng.integers(counts[0], counts[1] + 1))
     names = [pool[i] for i in rng.choice(len(pool), k, replace=False)]
     return tuple(Primitive(n, PRIMITIVES[n].draw(rng)) for n in names)
 
 
-def episode_composition(seed: int, exclude: Sequence[str] = ()) -> tuple[Primitive, ...]:
+def episode_composition(
+    seed: int, exclude: Sequence[str] = (), counts: tuple[int, int] = PRIMITIVE_COUNTS
+) -> tuple[Primitive, ...]:
     """The composition of the episode with this seed (what sampling records in its spec)."""
-    return draw_composition(np.random.default_rng([seed, _COMPOSITION_STREAM]), exclude)
+    return draw_composition(np.random.default_rng([seed, _COMPOSITION_STREAM]), exclude, counts)
 
 
 def apply_composition(

@@ -91,6 +91,7 @@ BAD = {
     },
     "collect": {
         "procedural_exclude": "[conv, nope]",
+        "procedural_counts": "[3, 2]",
         "episodes": "0",
         "domains": "latin",
         "shifts": "[noise, sparkle]",

@@ -85,6 +85,21 @@ def test_excluded_primitives_are_never_drawn(tiny_dataset):
         check_exclude(list(PRIMITIVES)[:-3])
 
 
+def test_counts_set_how_many_primitives_an_episode_composes(tiny_dataset):
+    # collect.procedural_counts reaches the sampler; the default draws what stores always drew
+    def sizes(counts):
+        sampler = EpisodeSampler(tiny_dataset, ["alpha"], 5, 2, 3, seed=0,
+                                 shifts=("procedural",), counts=counts)  # fmt: skip
+        return [len(sampler.spec(i).composition) for i in range(300)]
+
+    default = EpisodeSampler(tiny_dataset, ["alpha"], 5, 2, 3, seed=0, shifts=("procedural",))
+    assert [len(default.spec(i).composition) for i in range(300)] == sizes((2, 4))
+    assert set(sizes((2, 4))) == {2, 3, 4}
+    singles = sizes((1, 4))
+    assert set(singles) == {1, 2, 3, 4} and 50 < singles.count(1) < 100  # ~1/4 of 300
+    assert set(sizes((1, 1))) == {1}
+
+
 @pytest.mark.parametrize("name", sorted(PRIMITIVES))
 def test_no_primitive_flips_polarity(name, glyph_like):
     x = glyph_like(32)
