@@ -21,11 +21,6 @@ from engine.record import TrajectoryRecord
 _INIT = re.compile(r"^(?P<episode>.+)-i(?P<init>\d+)$")  # make_id's "-i<init>" suffix
 
 
-def mean_id(episode_key: str, k: int) -> str:
-    """Id of the mean of k inits of one episode: "ra-e000123" -> "ra-e000123-m02"."""
-    return f"{episode_key}-m{k:02d}"
-
-
 def average_inits(records: Iterable[TrajectoryRecord], inits: int) -> Iterator[TrajectoryRecord]:
     """Records in collect's order (each episode's `inits` records together) -> one record per
     episode: theta [T+1, P] and loss [T+1] averaged over its runs, its support and spec as they
@@ -34,19 +29,21 @@ def average_inits(records: Iterable[TrajectoryRecord], inits: int) -> Iterator[T
     if inits < 2:
         raise ValueError(f"inits must be >= 2 to average, got {inits}")
     group: list[TrajectoryRecord] = []
+    key = None  # the episode part of the group's ids
     for r in records:
         match = _INIT.match(r.id)
         if match is None:
             raise ValueError(f"record {r.id!r}: not an id of make_id(run, episode, init)")
-        if group and match["episode"] != _INIT.match(group[0].id)["episode"]:
-            yield _mean(group, inits)
+        if group and match["episode"] != key:
+            yield _mean(group, key, inits)
             group = []
         group.append(r)
+        key = match["episode"]
     if group:
-        yield _mean(group, inits)
+        yield _mean(group, key, inits)
 
 
-def _mean(group: list[TrajectoryRecord], inits: int) -> TrajectoryRecord:
+def _mean(group: list[TrajectoryRecord], episode: str, inits: int) -> TrajectoryRecord:
     first, ids = group[0], [r.id for r in group]
     if len(group) != inits:
         raise ValueError(f"records {ids}: {len(group)} runs of one episode together, not {inits}")
@@ -67,7 +64,7 @@ def _mean(group: list[TrajectoryRecord], inits: int) -> TrajectoryRecord:
         meta[key] = values[0] if all(v == values[0] for v in values) else values
     meta["averaged"] = ids
     return TrajectoryRecord(
-        id=mean_id(_INIT.match(first.id)["episode"], inits),
+        id=f"{episode}-m{inits:02d}",  # "ra-e000123" -> "ra-e000123-m02": the mean of 2 runs
         episode=first.episode,
         support=first.support,
         labels=first.labels,

@@ -15,6 +15,7 @@ from engine.errors import UserError
 from engine.manifest import Manifest
 from engine.storage import location
 from engine.stores import open_store, read_shard, remove_uncommitted, write_shard
+from engine.stores.encoding import DEFAULT_ENCODING
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,6 +39,11 @@ def run(args: argparse.Namespace) -> None:
     dst = open_store(out, config, src.formats)
     remove_uncommitted(out)
     fmt = src.formats[0]  # every format holds the same records: read one, write each
+    # as the source stored theta (stores from before collect.theta_encoding: the default)
+    encoding = (
+        config.get("theta_dtype", "float16"),
+        config.get("theta_encoding", DEFAULT_ENCODING),
+    )
     todo = [s for s in src.shards_of(fmt) if not all(dst.committed(s.name, f) for f in src.formats)]
 
     # loop
@@ -49,8 +55,7 @@ def run(args: argparse.Namespace) -> None:
             raise UserError(f"store {src.root}, shard {shard.name}: {e}") from None
         for f in src.formats:
             if not dst.committed(shard.name, f):
-                encoding = (config.get("theta_dtype", "float16"), config.get("theta_encoding"))
-                dst.commit(write_shard(out, f, shard.name, records, *_given(encoding)))
+                dst.commit(write_shard(out, f, shard.name, records, *encoding))
         written += len(records)
     dst.compact()
     total = sum(s.records for s in dst.shards_of(fmt))
@@ -58,8 +63,3 @@ def run(args: argparse.Namespace) -> None:
         f"averaged {inits} runs per episode: {written} records written, "
         f"{total} in {out.url} ({len(src.shards_of(fmt))} shards)"
     )
-
-
-def _given(encoding: tuple) -> tuple:
-    # stores from before collect.theta_encoding existed: write_shard's default encoding
-    return encoding if encoding[1] is not None else encoding[:1]
