@@ -10,7 +10,6 @@ import json
 import os
 from pathlib import Path
 
-import timm
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load, load_file, save
@@ -28,6 +27,10 @@ class TargetModel(nn.Module):
     def __init__(self, cfg: TargetConfig):
         super().__init__()
         self.cfg = cfg
+        # timm (with torchvision and torch._dynamo) costs ~1.5 s to import: only processes
+        # that build a backbone pay it, not every driver and Ray worker that imports this module
+        import timm
+
         try:
             self.backbone = timm.create_model(
                 cfg.backbone, pretrained=False, num_classes=0, in_chans=cfg.channels

@@ -21,17 +21,17 @@ from torch import nn
 from hyperflow.bias import BiasEntry, BiasLayout
 from hyperflow.errors import UserError
 
-try:  # timm norm+activation layers add the bias before their activation
-    from timm.layers import BatchNormAct2d, GroupNormAct, LayerNorm2d
-except ImportError:  # pragma: no cover - older timm
-    BatchNormAct2d = GroupNormAct = LayerNorm2d = ()
-
 _CHANNEL_FIRST = (nn.modules.conv._ConvNd, nn.modules.batchnorm._NormBase, nn.GroupNorm)
 _CHANNEL_LAST = (nn.Linear, nn.LayerNorm)
 
 
 def bias_site(module: nn.Module) -> tuple[nn.Module, int]:
     """(module whose output receives `module`'s bias, channel axis of that output)."""
+    # timm's norm+activation layers add the bias before their activation. Imported here: a
+    # backbone of them was built by timm, so it is loaded already, and a process that never
+    # builds one does not pay timm's import (~1.5 s with torchvision and torch._dynamo)
+    from timm.layers import BatchNormAct2d, GroupNormAct, LayerNorm2d
+
     if isinstance(module, (BatchNormAct2d, GroupNormAct)):
         return module.drop, 1  # output of the norm, before the activation
     if isinstance(module, LayerNorm2d):

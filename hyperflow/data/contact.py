@@ -6,8 +6,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from hyperflow.data.dataset import Dataset, Domain
 
@@ -37,6 +35,10 @@ def contact_sheet(
     cols = min(4, len(names))
     rows = math.ceil(len(names) / cols)
     cell_w, cell_h = 0.55 * images_per_class + 0.3, 0.55 * classes_per_domain + 0.6
+    # matplotlib here, not at the top: every process that imports hyperflow.data would load it
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(cols * cell_w, rows * cell_h), dpi=100)
     FigureCanvasAgg(fig)
     for k, name in enumerate(names):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import timm
 import torch
 from torch import Tensor, nn
 
@@ -74,6 +73,8 @@ class PrototypePooling(nn.Module):
 def timm_encoder(name: str, in_chans: int = 3) -> tuple[nn.Module, int]:
     """A fresh (randomly initialised) timm backbone without classifier and its feature dim, for
     DriftConfig.encoder != "target"; it maps [N, C, H, W] -> [N, feature_dim] and is trained."""
+    import timm  # here, not at the top: see TargetModel.__init__
+
     if not timm.is_model(name):
         raise UserError(f"drift encoder {name!r} is not a timm model name (nor 'target')")
     model = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans)

@@ -25,7 +25,6 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import PartialState
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
-from torch.distributed.fsdp import MixedPrecisionPolicy
 
 from hyperflow.errors import UserError
 
@@ -36,6 +35,9 @@ FSDP_UNITS = ["FiLMBlock", "LayerwiseIn", "LayerwiseOut"]
 def make_accelerator(tc) -> Accelerator:
     plugin = None
     if tc.fsdp:
+        # here, not at the top: torch.distributed.fsdp costs ~0.5 s to import in every rank
+        from torch.distributed.fsdp import MixedPrecisionPolicy
+
         plugin = FullyShardedDataParallelPlugin(
             fsdp_version=2,
             auto_wrap_policy="transformer_based_wrap",
