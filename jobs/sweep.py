@@ -2,7 +2,8 @@
 
 For every drift size (train.size preset) and every N in --records, trains a drift network on the
 store's first N records (train.max_records: nested subsets; with --scale-steps for train.steps x
-N / smallest N steps, the same passes over its records at every N) and evaluates it on the
+N / smallest N steps, the same passes over its records at every N), once per training seed of
+--seeds, and evaluates it on the
 episodes of --baselines, a results.json holding `direct` and `bias_tuning` for exactly those
 episodes and target (`hyperflow evaluate --methods direct,bias_tuning`); the baselines are copied
 (`evaluate --reuse`), never re-run. Each grid point is exactly the `hyperflow train` and
@@ -15,6 +16,12 @@ were collected under, and on the never-collected ones, each with its paired boot
 interval over episodes), DIR/scaling.json (one point per grid cell: store, size, records, training
 seed and the three recoveries as {"mean", "lo", "hi"}, the format of docs/scaling.json) and
 DIR/scaling.png (recovery against trajectories, one line per size), and prints the rows as JSON.
+
+The change from the smallest to the largest N is reported per seed, paired over episodes: it
+holds the trained drift fixed, so it cannot say whether another seed would rise too. With two or
+more --seeds, `seed_changes` also gives the mean change over seeds with its Student-t 95% interval
+over seeds (docs/scaling.md: four seeds' changes spanned 25 points at equal steps, more than any
+effect of N measured; a rise with N has to hold across seeds).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from hyperflow.errors import UserError
 from hyperflow.evaluation.paired import recovery_change
 from hyperflow.evaluation.plan import HYPERFLOW_METHODS
 from hyperflow.evaluation.scaling import heldout_groups, plot_curve, summary_row
+from hyperflow.evaluation.stats import over_seeds
 from jobs.common import add_config_args, output, run_hyperflow, set_flags, source
 
 BASELINES = ("direct", "bias_tuning")
@@ -49,6 +57,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="directory or URL: one sub-directory per point")
     p.add_argument("--sizes", default="small,base,large", help="drift size presets, comma list")
     p.add_argument("--records", default="300,600,1200,2400,4800", help="trajectory counts")
+    p.add_argument(
+        "--seeds",
+        default=None,
+        help="training seeds, comma list: every point is trained once per seed, into "
+        "SIZE-N-seedS (default: the config's train.seed alone, into SIZE-N); with 2 or more, the "
+        "report adds the change from the smallest to the largest N over seeds (t-interval)",
+    )
     p.add_argument("--method", default="hyperflow_cubic", choices=sorted(HYPERFLOW_METHODS))
     p.add_argument("--steps", type=int, default=20, help="Euler steps of the reported method")
     p.add_argument(
@@ -60,13 +75,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _int_list(text: str, what: str) -> list[int]:
+def _int_list(text: str, what: str, least: int = 1) -> list[int]:
     try:
         values = [int(x) for x in text.split(",")]
     except ValueError:
         raise UserError(f"{what} must be comma-separated whole numbers, got {text!r}") from None
-    if any(v < 1 for v in values):
-        raise UserError(f"{what} must all be >= 1, got {text!r}")
+    if any(v < least for v in values):
+        raise UserError(f"{what} must all be >= {least}, got {text!r}")
     return sorted(set(values))
 
 
@@ -77,6 +92,10 @@ def run(args: argparse.Namespace) -> None:
     for s in sizes:  # each point's config must load: the schema checks the size and its dims
         load_config(args.config, [*args.set, f"train.size={s}"])
     records = _int_list(args.records, "--records")
+    # None: the config's seed alone (see _point_name)
+    seeds = None if args.seeds is None else _int_list(args.seeds, "--seeds", least=0)
+    for seed in seeds or []:
+        load_config(args.config, [*args.set, f"train.seed={seed}"])
     source(args.target, "--target")
     manifest = Manifest.load(source(args.store, "--store").url)
     held = sum(s.records for s in manifest.shards_of(cfg.train.format))
@@ -102,54 +121,57 @@ def run(args: argparse.Namespace) -> None:
 
     # loop: one train + one evaluate per point; finished points are skipped
     rows, by_point = [], {}
-    for size in sizes:
-        for n in records:
-            point = f"{size}-{n}"
-            drift, report = f"{out.url}/{point}", f"{out.url}/{point}/eval"
-            steps = _train_steps(cfg.train.steps, n, records[0], args.scale_steps)
-            if not out.exists(f"{point}/drift.json"):
-                sets = [f"train.size={size}", f"train.max_records={n}", f"train.steps={steps}"]
-                run_hyperflow(
-                    ["train", *common, "--store", args.store, "--target", args.target]
-                    + ["--out", drift, "--interpolant", interpolant, *set_flags(sets)],
-                    "sweep",
-                )
-            if not out.exists(f"{point}/eval/results.json"):
-                run_hyperflow(
-                    ["evaluate", *common, "--target", args.target, "--drift", drift]
-                    + ["--methods", ",".join([*BASELINES, args.method])]
-                    + ["--episodes", str(base["episodes_per_domain"])]
-                    + ["--reuse", args.baselines, "--out", report, *set_flags(episodes)],
-                    "sweep",
-                )
-            results = _load_results(report, "evaluate --out")
-            by_point[size, n] = results
-            params = json.loads(out.read_bytes(f"{point}/drift.json"))["params"]
-            rows.append(
-                {
-                    "size": size,
-                    "params": params,
-                    "records": n,
-                    "train_steps": steps,
-                    **summary_row(results, reported, collected),
-                }
+    grid = [(size, n, seed) for size in sizes for n in records for seed in seeds or [None]]
+    for size, n, seed in grid:
+        point = _point_name(size, n, seed)
+        drift, report = f"{out.url}/{point}", f"{out.url}/{point}/eval"
+        steps = _train_steps(cfg.train.steps, n, records[0], args.scale_steps)
+        if not out.exists(f"{point}/drift.json"):
+            sets = [f"train.size={size}", f"train.max_records={n}", f"train.steps={steps}"]
+            sets += [] if seed is None else [f"train.seed={seed}"]
+            run_hyperflow(
+                ["train", *common, "--store", args.store, "--target", args.target]
+                + ["--out", drift, "--interpolant", interpolant, *set_flags(sets)],
+                "sweep",
             )
+        if not out.exists(f"{point}/eval/results.json"):
+            run_hyperflow(
+                ["evaluate", *common, "--target", args.target, "--drift", drift]
+                + ["--methods", ",".join([*BASELINES, args.method])]
+                + ["--episodes", str(base["episodes_per_domain"])]
+                + ["--reuse", args.baselines, "--out", report, *set_flags(episodes)],
+                "sweep",
+            )
+        results = _load_results(report, "evaluate --out")
+        seed = cfg.train.seed if seed is None else seed
+        by_point[size, n, seed] = results
+        params = json.loads(out.read_bytes(f"{point}/drift.json"))["params"]
+        row = {"size": size, "params": params, "records": n, "seed": seed, "train_steps": steps}
+        rows.append(row | summary_row(results, reported, collected))
 
-    changes = _changes(by_point, sizes, records, reported, collected)
+    changes = _changes(by_point, reported, collected)
+    seed_changes = _seed_changes(changes)
     out.write_bytes("scaling.png", plot_curve(rows, reported))
-    out.write_bytes("scaling.md", _markdown(rows, changes, reported, base, collected).encode())
-    points = _points(rows, args.store, cfg.train.seed)
+    report_md = _markdown(rows, changes, seed_changes, reported, base, collected)
+    out.write_bytes("scaling.md", report_md.encode())
     doc = {
         "method": reported,
         "episodes_per_domain": base["episodes_per_domain"],
         "episode_seed": base["seed"],
         "collected_shifts": collected,
-        "points": points,
+        "points": _points(rows, args.store),
         "changes": changes,
+        "seed_changes": seed_changes,
     }
     out.write_bytes("scaling.json", json.dumps(doc, indent=1).encode())
     print(json.dumps({"method": reported, "collected_shifts": collected, "rows": rows}, indent=1))
     print(f"wrote {out.url}/scaling.md, scaling.json and scaling.png", file=sys.stderr)
+
+
+def _point_name(size: str, records: int, seed: int | None) -> str:
+    # a point's directory under --out: SIZE-N-seedS when --seeds names the seeds; SIZE-N for the
+    # config's seed alone, as sweeps before --seeds wrote, so those still resume
+    return f"{size}-{records}" if seed is None else f"{size}-{records}-seed{seed}"
 
 
 def _train_steps(steps: int, n: int, smallest: int, scale: bool) -> int:
@@ -168,15 +190,16 @@ def _load_results(path: str, what: str) -> dict:
     return json.loads(location(parent).read_bytes(name))
 
 
-def _changes(by_point: dict, sizes, records, method: str, collected: list[str]) -> list[dict]:
-    # per size, recovery at the largest N minus at the smallest, paired over the shared episodes:
-    # whether more trajectories paid beyond noise (issue 21's acceptance)
+def _changes(by_point: dict, method: str, collected: list[str]) -> list[dict]:
+    # per size and seed, recovery at the largest N minus at the smallest, paired over the shared
+    # episodes: whether more trajectories paid beyond episode noise (issue 21's acceptance)
+    records = sorted({n for _, n, _ in by_point})
     if len(records) < 2:
         return []
     out = []
-    for size in sizes:
-        first, last = by_point[size, records[0]], by_point[size, records[-1]]
-        change = {"size": size, "from": records[0], "to": records[-1]}
+    for size, seed in dict.fromkeys((size, seed) for size, _, seed in by_point):
+        first, last = by_point[size, records[0], seed], by_point[size, records[-1], seed]
+        change = {"size": size, "seed": seed, "from": records[0], "to": records[-1]}
         for key, domains in heldout_groups(first, collected).items():
             iv = recovery_change(first, last, method, domains) if domains else None
             change[f"{GROUPS[key]}_recovery"] = iv.to_dict() if iv else None
@@ -184,10 +207,26 @@ def _changes(by_point: dict, sizes, records, method: str, collected: list[str]) 
     return out
 
 
-def _points(rows: list[dict], store: str, seed: int) -> list[dict]:
+def _seed_changes(changes: list[dict]) -> list[dict]:
+    # per size with >= 2 seeds: the mean of the seeds' changes, its t-interval over seeds
+    out = []
+    for size in dict.fromkeys(c["size"] for c in changes):
+        mine = [c for c in changes if c["size"] == size]
+        if len(mine) < 2:
+            continue
+        row = {"size": size, "seeds": [c["seed"] for c in mine]}
+        row |= {"from": mine[0]["from"], "to": mine[0]["to"]}
+        for name in GROUPS.values():
+            key = f"{name}_recovery"
+            row[key] = over_seeds([c[key] and c[key]["mean"] for c in mine])
+        out.append(row)
+    return out
+
+
+def _points(rows: list[dict], store: str) -> list[dict]:
     # docs/scaling.json's point: recoveries with their paired intervals (None without rows)
     return [
-        {"store": store, "size": r["size"], "records": r["records"], "seed": seed}
+        {"store": store, "size": r["size"], "records": r["records"], "seed": r["seed"]}
         | {"train_steps": r["train_steps"]}
         | {f"{name}_recovery": r[f"recovery_{key}_ci"] for key, name in GROUPS.items()}
         for r in rows
@@ -205,7 +244,12 @@ def _recovery_cell(row: dict, key: str) -> str:
 
 
 def _markdown(
-    rows: list[dict], changes: list[dict], method: str, base: dict, collected: list[str]
+    rows: list[dict],
+    changes: list[dict],
+    seed_changes: list[dict],
+    method: str,
+    base: dict,
+    collected: list[str],
 ) -> str:
     lines = [
         f"{method}: held-out accuracy (95% interval) and share of bias-tuning's gain recovered "
@@ -213,13 +257,14 @@ def _markdown(
         f"{base['episodes_per_domain']} episodes per domain, seed {base['seed']}; collected "
         f"shift families {collected}.",
         "",
-        "| size | params | trajectories | steps | held-out | all | collected | never collected |",
-        "|---|---|---|---|---|---|---|---|",
+        "| size | params | trajectories | seed | steps | held-out | all | collected "
+        "| never collected |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['size']} | {r['params'] / 1e6:.2f}M | {r['records']} | {r['train_steps']} | "
-            f"{100 * r['heldout']:.1f} ± {100 * r['heldout_ci95']:.1f} | "
+            f"| {r['size']} | {r['params'] / 1e6:.2f}M | {r['records']} | {r['seed']} | "
+            f"{r['train_steps']} | {100 * r['heldout']:.1f} ± {100 * r['heldout_ci95']:.1f} | "
             f"{_recovery_cell(r, 'heldout')} | {_recovery_cell(r, 'collected')} | "
             f"{_recovery_cell(r, 'never')} |"
         )
@@ -228,12 +273,27 @@ def _markdown(
             "",
             "Recovery at the largest N minus at the smallest, in points [paired 95% interval]:",
             "",
-            "| size | from | to | all | collected | never collected |",
-            "|---|---|---|---|---|---|",
+            "| size | seed | from | to | all | collected | never collected |",
+            "|---|---|---|---|---|---|---|",
         ]
         for c in changes:
             cells = [_change_cell(c[f"{name}_recovery"]) for name in GROUPS.values()]
-            lines.append(f"| {c['size']} | {c['from']} | {c['to']} | " + " | ".join(cells) + " |")
+            head = f"| {c['size']} | {c['seed']} | {c['from']} | {c['to']} | "
+            lines.append(head + " | ".join(cells) + " |")
+    if seed_changes:
+        lines += [
+            "",
+            "The same change over training seeds: mean of the seeds' changes, in points [Student-t "
+            "95% interval over seeds; '-': a seed's change is unbounded]:",
+            "",
+            "| size | seeds | from | to | all | collected | never collected |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for c in seed_changes:
+            cells = [_change_cell(c[f"{name}_recovery"]) for name in GROUPS.values()]
+            seeds = ",".join(map(str, c["seeds"]))
+            head = f"| {c['size']} | {seeds} | {c['from']} | {c['to']} | "
+            lines.append(head + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+from statistics import fmean
 
 import matplotlib
 
@@ -83,8 +84,9 @@ def summary_row(results: dict, method: str, collected: list[str]) -> dict:
 
 
 def curve_figure(rows: list[dict], method: str) -> plt.Figure:
-    """Recovery against trajectories (log axis), one line per drift size, one panel per group
-    (all held-out, collected families, never-collected families). The caller closes it."""
+    """Recovery against trajectories (log axis), one line per drift size through the mean over
+    training seeds (each seed a dot when there are several), one panel per group (all held-out,
+    collected families, never-collected families). The caller closes it."""
     panels = [("heldout", "all held-out"), ("collected", "collected"), ("never", "never collected")]
     fig, axes = plt.subplots(1, 3, figsize=(12, 4), sharey=True)
     sizes = sorted(
@@ -92,10 +94,18 @@ def curve_figure(rows: list[dict], method: str) -> plt.Figure:
     )
     for ax, (key, title) in zip(axes, panels):
         for size in sizes:
-            pts = sorted((r["records"], r[f"recovery_{key}"]) for r in rows if r["size"] == size)
-            pts = [(n, 100 * v) for n, v in pts if v is not None]
+            # N -> that N's recoveries, one per training seed (None: no gain to recover)
+            by_n: dict[int, list[float]] = {}
+            for r in rows:
+                if r["size"] == size and r[f"recovery_{key}"] is not None:
+                    by_n.setdefault(r["records"], []).append(100 * r[f"recovery_{key}"])
+            ns = sorted(by_n)
             params = next(r["params"] for r in rows if r["size"] == size)
-            ax.plot(*zip(*pts), marker="o", label=f"{size} ({params / 1e6:.1f}M)")
+            label = f"{size} ({params / 1e6:.1f}M)"
+            (line,) = ax.plot(ns, [fmean(by_n[n]) for n in ns], marker="o", label=label)
+            if any(len(v) > 1 for v in by_n.values()):  # several seeds: each as a faint dot
+                xs, ys = zip(*[(n, v) for n in ns for v in by_n[n]])
+                ax.scatter(xs, ys, s=12, alpha=0.4, color=line.get_color())
         ax.set_xscale("log", base=2)
         ax.set_title(title)
         ax.set_xlabel("trajectories")

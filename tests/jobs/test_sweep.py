@@ -1,5 +1,6 @@
-"""`hyperflow sweep`: a grid of drift networks on nested subsets, evaluated on the same episodes
-with baselines copied, reported as a table and a PNG, and continued where it stopped.
+"""`hyperflow sweep`: a grid of drift networks on nested subsets and training seeds, evaluated on
+the same episodes with baselines copied, reported as a table and a PNG, and continued where it
+stopped.
 
 The baselines are the session's (`baselines`: direct and bias_tuning of the untrained target, the
 one the store was collected with); each point's evaluation runs on the session's Ray cluster.
@@ -8,6 +9,9 @@ one the store was collected with); each point's evaluation runs on the session's
 from __future__ import annotations
 
 import json
+
+import pytest
+from safetensors.torch import load_file
 
 import jobs.sweep
 from jobs.cli import main
@@ -31,18 +35,22 @@ def test_a_sweep_trains_each_point_reports_it_and_resumes(
     assert baselines["target"] == untrained_target  # the target the store was collected with
     out = tmp_path / "sweep"
     argv = _argv(store, untrained_target, base, out, "--records", "8,16", "--scale-steps")
+    argv += ["--seeds", "0,1"]
     proc = cli(*argv, env=cluster_env("sweep"))
     rows = json.loads(proc.stdout)["rows"]
-    assert [(r["size"], r["records"]) for r in rows] == [("small", 8), ("small", 16)]
+    grid = [("small", n, seed) for n in (8, 16) for seed in (0, 1)]
+    assert [(r["size"], r["records"], r["seed"]) for r in rows] == grid
     # nested subsets: each point trained on exactly its share of the store, and with
     # --scale-steps for as many passes over it as the smallest point (train.steps=10 at 8)
-    for n, steps in ((8, 10), (16, 20)):
-        drift = json.loads((out / f"small-{n}" / "drift.json").read_text())
+    for n, steps, seed in ((8, 10, 0), (8, 10, 1), (16, 20, 0), (16, 20, 1)):
+        point = out / f"small-{n}-seed{seed}"
+        drift = json.loads((point / "drift.json").read_text())
         assert drift["extra"]["train_config"]["max_records"] == n
         assert drift["extra"]["train_config"]["steps"] == steps
-        log = (out / f"small-{n}" / "train_log.jsonl").read_text().splitlines()
+        assert drift["extra"]["train_config"]["seed"] == seed
+        log = (point / "train_log.jsonl").read_text().splitlines()
         assert json.loads(log[-1])["step"] == steps, "the steps were trained, not just recorded"
-        results = json.loads((out / f"small-{n}" / "eval" / "results.json").read_text())
+        results = json.loads((point / "eval" / "results.json").read_text())
         assert (
             results["methods"]["bias_tuning"]
             == json.loads((base / "results.json").read_text())["methods"]["bias_tuning"]
@@ -56,7 +64,12 @@ def test_a_sweep_trains_each_point_reports_it_and_resumes(
     # docs-style points: each recovery with its paired interval over the baselines' episodes
     points = json.loads((out / "scaling.json").read_text())["points"]
     cells = [(p["size"], p["records"], p["seed"], p["train_steps"]) for p in points]
-    assert cells == [("small", 8, 0, 10), ("small", 16, 0, 20)]
+    assert cells == [("small", 8, 0, 10), ("small", 8, 1, 10), ("small", 16, 0, 20)] + [
+        ("small", 16, 1, 20)
+    ]
+    # the seed reached the training: same records and steps, other weights
+    w0, w1 = (load_file(str(out / f"small-8-seed{s}" / "drift.safetensors")) for s in (0, 1))
+    assert any(not w0[k].equal(w1[k]) for k in w0), "seeds 0 and 1 trained the same weights"
     for p in points:
         assert p["store"] == str(store)
         for key in ("heldout_recovery", "collected_recovery", "never_collected_recovery"):
@@ -66,10 +79,17 @@ def test_a_sweep_trains_each_point_reports_it_and_resumes(
     # share one copy of the baselines, else it would be None); its values are tested in
     # tests/hyperflow/evaluation/test_paired.py: here the untrained target's bias-tuning gains
     # ~nothing, so recoveries are unbounded
-    [change] = json.loads((out / "scaling.json").read_text())["changes"]
-    assert (change["size"], change["from"], change["to"]) == ("small", 8, 16)
-    assert set(change["heldout_recovery"]) == {"mean", "lo", "hi"}
+    doc = json.loads((out / "scaling.json").read_text())
+    assert [(c["size"], c["seed"], c["from"], c["to"]) for c in doc["changes"]] == [
+        ("small", 0, 8, 16),
+        ("small", 1, 8, 16),
+    ]
+    assert all(set(c["heldout_recovery"]) == {"mean", "lo", "hi"} for c in doc["changes"])
+    # and over the two seeds (the values: test_seed_changes_are_the_mean_over_seeds below)
+    [over] = doc["seed_changes"]
+    assert (over["size"], over["seeds"], over["from"], over["to"]) == ("small", [0, 1], 8, 16)
     assert "Recovery at the largest N minus at the smallest" in (out / "scaling.md").read_text()
+    assert "The same change over training seeds" in (out / "scaling.md").read_text()
     assert "[sweep] hyperflow train" in proc.stderr
 
     # a finished point is skipped: a larger grid only runs its new points (in this process: a
@@ -100,5 +120,35 @@ def test_bad_grids_are_refused_before_anything_runs(
 
     assert "1000000" in refused("--records", "8,1000000")
     assert "'huge'" in refused("--sizes", "huge")
+    assert "--seeds must all be >= 0" in refused("--records", "8", "--seeds", "0,-1")
     assert "--baselines" in refused("--records", "8")
     assert not out.exists(), "nothing is written for a refused grid"
+
+
+def test_seed_changes_are_the_mean_over_seeds_with_a_t_interval():
+    # recovery changes of two seeds (+0.10, +0.30) for one size, one seed for another
+    def change(size, seed, heldout, never):
+        def iv(m):
+            return None if m is None else {"mean": m, "lo": m - 0.05, "hi": m + 0.05}
+
+        row = {"size": size, "seed": seed, "from": 300, "to": 2400}
+        return (
+            row
+            | {"heldout_recovery": iv(heldout), "collected_recovery": iv(heldout)}
+            | {"never_collected_recovery": iv(never)}
+        )
+
+    changes = [change("small", 0, 0.1, None), change("small", 1, 0.3, 0.2)]
+    changes.append(change("base", 0, 0.5, 0.0))
+    [over] = jobs.sweep._seed_changes(changes)  # "base" has one seed: no interval over seeds
+    assert (over["size"], over["seeds"], over["from"], over["to"]) == ("small", [0, 1], 300, 2400)
+    # mean 0.2; sd 0.1414, se 0.1, t(0.975, 1 df) = 12.706
+    assert over["heldout_recovery"]["mean"] == pytest.approx(0.2)
+    assert over["heldout_recovery"]["hi"] == pytest.approx(0.2 + 1.2706, abs=1e-4)
+    assert over["never_collected_recovery"] is None, "a seed without a change has no interval"
+
+
+def test_a_point_is_named_by_its_seed_only_when_seeds_are_given():
+    # sweeps written before --seeds (one seed, SIZE-N) must still resume
+    assert jobs.sweep._point_name("small", 300, None) == "small-300"
+    assert jobs.sweep._point_name("small", 300, 0) == "small-300-seed0"
