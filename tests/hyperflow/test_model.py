@@ -1,4 +1,6 @@
 import copy
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -88,3 +90,33 @@ def test_target_round_trips_through_s3(tiny_model, tmp_path, s3):
     assert target_id(url) == target_id(tmp_path / "local")
     with pytest.raises(UserError, match=f"{s3['url']}/runs/nope"):
         load_target(s3["url"] + "/runs/nope")
+
+
+# what only building a backbone (or an FSDP run) needs: ~1.5 s of imports in every process that
+# loaded them, and the suite starts hundreds (drivers, Ray workers, torchrun ranks)
+HEAVY = ["timm", "torchvision", "torch._dynamo", "torch.distributed.fsdp"]
+COMMAND_MODULES = [
+    "jobs.train.command",
+    "jobs.collect.command",
+    "jobs.pretrain",
+    "jobs.pipeline",
+    "hyperflow.drift",
+    "hyperflow.simulator",
+    "hyperflow.evaluation.worker",
+]
+
+
+@pytest.mark.parametrize(
+    "build, loaded",
+    [
+        ("", []),
+        # the control: the probe sees them once a backbone is built
+        ("hyperflow.model.TargetModel(hyperflow.model.TargetConfig(backbone='test_resnet'))",
+         ["timm", "torch._dynamo", "torch.distributed.fsdp", "torchvision"]),
+    ],
+)  # fmt: skip
+def test_the_commands_modules_load_timm_only_to_build_a_backbone(build, loaded):
+    code = f"import sys, hyperflow.model, {', '.join(COMMAND_MODULES)}\n{build}\n"
+    code += f"print(sorted(set({HEAVY!r}) & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(loaded)
