@@ -149,22 +149,27 @@ def run(args: argparse.Namespace) -> None:
         row = {"size": size, "params": params, "records": n, "seed": seed, "train_steps": steps}
         rows.append(row | summary_row(results, reported, collected))
 
-    changes = _changes(by_point, reported, collected)
+    _report(out, rows, by_point, reported, base, collected, args.store)
+
+
+def _report(out, rows, by_point, method: str, base: dict, collected: list[str], store: str):
+    # scaling.png, scaling.md and scaling.json under --out; the rows as JSON on stdout
+    changes = _changes(by_point, method, collected)
     seed_changes = _seed_changes(changes)
-    out.write_bytes("scaling.png", plot_curve(rows, reported))
-    report_md = _markdown(rows, changes, seed_changes, reported, base, collected)
+    out.write_bytes("scaling.png", plot_curve(rows, method))
+    report_md = _markdown(rows, changes, seed_changes, method, base, collected)
     out.write_bytes("scaling.md", report_md.encode())
     doc = {
-        "method": reported,
+        "method": method,
         "episodes_per_domain": base["episodes_per_domain"],
         "episode_seed": base["seed"],
         "collected_shifts": collected,
-        "points": _points(rows, args.store),
+        "points": _points(rows, store),
         "changes": changes,
         "seed_changes": seed_changes,
     }
     out.write_bytes("scaling.json", json.dumps(doc, indent=1).encode())
-    print(json.dumps({"method": reported, "collected_shifts": collected, "rows": rows}, indent=1))
+    print(json.dumps({"method": method, "collected_shifts": collected, "rows": rows}, indent=1))
     print(f"wrote {out.url}/scaling.md, scaling.json and scaling.png", file=sys.stderr)
 
 
