@@ -274,32 +274,29 @@ def _markdown(
             f"{_recovery_cell(r, 'never')} |"
         )
     if changes:
-        lines += [
-            "",
-            "Recovery at the largest N minus at the smallest, in points [paired 95% interval]:",
-            "",
-            "| size | seed | from | to | all | collected | never collected |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for c in changes:
-            cells = [_change_cell(c[f"{name}_recovery"]) for name in GROUPS.values()]
-            head = f"| {c['size']} | {c['seed']} | {c['from']} | {c['to']} | "
-            lines.append(head + " | ".join(cells) + " |")
+        title = "Recovery at the largest N minus at the smallest, in points [paired 95% interval]:"
+        lines += _change_table(title, "seed", changes, lambda c: c["seed"])
     if seed_changes:
-        lines += [
-            "",
+        title = (
             "The same change over training seeds: mean of the seeds' changes, in points [Student-t "
-            "95% interval over seeds; '-': a seed's change is unbounded]:",
-            "",
-            "| size | seeds | from | to | all | collected | never collected |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for c in seed_changes:
-            cells = [_change_cell(c[f"{name}_recovery"]) for name in GROUPS.values()]
-            seeds = ",".join(map(str, c["seeds"]))
-            head = f"| {c['size']} | {seeds} | {c['from']} | {c['to']} | "
-            lines.append(head + " | ".join(cells) + " |")
+            "95% interval over seeds; '-': a seed's change is unbounded]:"
+        )
+        lines += _change_table(
+            title, "seeds", seed_changes, lambda c: ",".join(map(str, c["seeds"]))
+        )
     return "\n".join(lines) + "\n"
+
+
+def _change_table(title: str, column: str, changes: list[dict], label) -> list[str]:
+    # one row per change: size, label(change) under `column`, N from and to, the three groups
+    lines = ["", title, "", f"| size | {column} | from | to | all | collected | never collected |"]
+    lines.append("|---|---|---|---|---|---|---|")
+    for c in changes:
+        cells = [_change_cell(c[f"{name}_recovery"]) for name in GROUPS.values()]
+        lines.append(
+            f"| {c['size']} | {label(c)} | {c['from']} | {c['to']} | " + " | ".join(cells) + " |"
+        )
+    return lines
 
 
 def _change_cell(iv: dict | None) -> str:
