@@ -331,6 +331,9 @@ def baselines(untrained_target, cluster_env, tmp_path_factory) -> dict:
     """
     sets = ["--set", f"evaluate.domains=[{','.join(BASELINE_DOMAINS)}]"]
     sets += ["--set", "evaluate.memory=false"]  # test_evaluate measures memory
+    # one actor: its start-up (~5 CPU-s) costs more than these 12 adaptations; the worker count
+    # is test_evaluate's to check
+    sets += ["--set", "evaluate.workers=1"]
 
     def build(root: Path) -> None:
         out = str(root / "eval")
