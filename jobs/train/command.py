@@ -124,12 +124,13 @@ def run(args: argparse.Namespace) -> None:
     if args.workers:
         from jobs.train.ray_run import launch  # Ray Train only when asked for
 
-        module.prepare(args, cfg, out, args.workers, args.workers)  # one message, not N
+        # checks only, without building the target (the workers build it): one message, not N
+        module.prepare(args, cfg, out, args.workers, args.workers, build=False)
         launch(args, cfg, out)
         return
     if needs_launch(args):
         # fail here with one message rather than in every rank under torchrun's tracebacks
-        module.prepare(args, cfg, out, world_size(args), None)
+        module.prepare(args, cfg, out, world_size(args), None, build=False)
         sys.exit(relaunch(args))
     train_rank(args, cfg)
 

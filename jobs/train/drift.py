@@ -25,11 +25,12 @@ def check(args, cfg) -> None:
     drift_config(cfg.train, args.interpolant or cfg.train.interpolant).resolved()
 
 
-def prepare(args, cfg, out, world: int, shares=None, restarted=False) -> Prepared:
-    """Target, store and checkpoints checked (jobs.train.state.preflight)."""
+def prepare(args, cfg, out, world: int, shares=None, restarted=False, build=True) -> Prepared:
+    """Target, store and checkpoints checked (jobs.train.state.preflight; build=False: the
+    model is not built, for a launcher)."""
     interpolant = args.interpolant or cfg.train.interpolant
     model, manifest, sig, resume_from = preflight(
-        args, cfg.train, interpolant, out, world, shares, restarted
+        args, cfg.train, interpolant, out, world, shares, restarted, build
     )
     return Prepared(model, sig, resume_from, horizon=int(manifest.config["steps"]))
 

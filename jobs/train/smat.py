@@ -92,10 +92,11 @@ def smat_config(sc: SmatTrainConfig) -> SmatConfig:
     return SmatConfig(sc.experts, sc.tau, sc.kd_weight, sc.temperature, sc.width)
 
 
-def prepare(args, cfg, out, world: int, shares=None, restarted=False) -> Prepared:
-    """Target, store and checkpoints checked before any work."""
+def prepare(args, cfg, out, world: int, shares=None, restarted=False, build=True) -> Prepared:
+    """Target, store and checkpoints checked before any work (build=False: the model is not
+    built, for a launcher; see jobs.train.state.preflight)."""
     tc, sc = cfg.train, cfg.smat
-    model = load_target(args.target)
+    model = load_target(args.target) if build else None
     manifest = check_store(args.store, args.target, model, tc.format)
     check_max_records(manifest, tc)
     signature = {

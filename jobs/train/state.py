@@ -24,7 +24,7 @@ from engine.manifest import Manifest, config_hash
 from engine.storage import Location
 from hyperflow.drift.sizes import DIMS, DRIFT_SIZES, drift_config
 from hyperflow.errors import UserError
-from hyperflow.model import TargetModel, load_target, target_id
+from hyperflow.model import TargetModel, load_target, read_target_info, target_id
 
 CHECKPOINTS, PROGRESS = "checkpoints", "progress.json"
 
@@ -33,16 +33,20 @@ CHECKPOINTS, PROGRESS = "checkpoints", "progress.json"
 class Prepared:
     """What a trainer checked before any work (every rank, and the launching process)."""
 
-    model: TargetModel  # the frozen target, loaded from --target
+    model: TargetModel | None  # the frozen target from --target (None: a launcher's check)
     signature: dict  # what a resumed run must share with its checkpoint
     resume_from: str | None  # checkpoint name (step-N) to resume from, None: a fresh run
     horizon: int = 0  # T of the store's trajectories (the drift's time range)
 
 
-def preflight(args, tc, interpolant: str, out: Location, world: int, shares=None, restarted=False):
+def preflight(
+    args, tc, interpolant: str, out: Location, world: int, shares=None, restarted=False, build=True
+):
     """Check target, store and checkpoints before any work; returns (model, manifest,
-    run signature, name of the checkpoint to resume from or None)."""
-    model = load_target(args.target)
+    run signature, name of the checkpoint to resume from or None). build=False (a launcher
+    that only checks before starting ranks): the model is None and the target is checked
+    from its target.json (read_target_info)."""
+    model = load_target(args.target) if build else None
     manifest = check_store(args.store, args.target, model, tc.format)
     check_max_records(manifest, tc)
     signature = run_signature(tc, interpolant, world, manifest, shares)
@@ -90,13 +94,20 @@ def checkpoint_to_resume(
     return done[-1]
 
 
-def check_store(store: str, target_dir: str, model: TargetModel, fmt: str) -> Manifest:
+def check_store(store: str, target_dir: str, model: TargetModel | None, fmt: str) -> Manifest:
+    """The store's manifest, after checking it was collected with this target (its bias layout,
+    its weights by target id) and holds committed shards of `fmt`. model None: the layout hash
+    save_target wrote in target.json, which the target id then ties to the weights."""
     manifest = Manifest.load(store)
     cfg = manifest.config
-    if cfg.get("layout_hash") != model.layout.hash():
+    if model is not None:
+        layout_hash = model.layout.hash()
+    else:
+        layout_hash = read_target_info(target_dir)["layout_hash"]
+    if cfg.get("layout_hash") != layout_hash:
         raise UserError(
             f"store {store} has bias layout {cfg.get('layout_hash')}, the target "
-            f"{target_dir} has {model.layout.hash()}"
+            f"{target_dir} has {layout_hash}"
         )
     if cfg.get("target") != target_id(target_dir):
         raise UserError(

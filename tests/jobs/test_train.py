@@ -268,21 +268,60 @@ def other_layout_target(tmp_path_factory) -> Path:
     return out
 
 
+# LAUNCHERS: a rank (no flag) builds the target; the --nproc launcher checks target.json instead
+# (jobs.train.state.preflight, build=False), and must refuse the same stores
+LAUNCHERS = [[], ["--nproc", "2"]]
+
+
+@pytest.mark.parametrize("launch", LAUNCHERS)
 def test_store_with_another_bias_layout_is_refused(
-    capsys, tiny_target, other_layout_target, tmp_path
+    capsys, tiny_target, other_layout_target, tmp_path, launch
 ):
     store = _store(tmp_path / "store", other_layout_target, [4])
     layout = json.loads((other_layout_target / "target.json").read_text())["layout_hash"]
     mine = json.loads((tiny_target / "target.json").read_text())["layout_hash"]
-    argv = _train_argv(store, tiny_target, tmp_path / "run")
+    argv = [*_train_argv(store, tiny_target, tmp_path / "run"), *launch]
     _fails(capsys, argv, f"has bias layout {layout}", f"has {mine}")
 
 
-def test_store_of_another_target_is_refused(capsys, tiny_target, tmp_path):
+@pytest.mark.parametrize("launch", LAUNCHERS)
+def test_store_of_another_target_is_refused(capsys, tiny_target, tmp_path, launch):
     twin = tmp_path / "twin"  # same architecture and layout, other weights
     save_target(TargetModel(TargetConfig()).eval(), twin)
     store = _store(tmp_path / "store", twin, [4])
-    _fails(capsys, _train_argv(store, tiny_target, tmp_path / "run"), "was collected with target")
+    argv = [*_train_argv(store, tiny_target, tmp_path / "run"), *launch]
+    _fails(capsys, argv, "was collected with target")
+
+
+def test_the_launcher_checks_without_building_the_target(tiny_target, tmp_path):
+    # the --nproc launcher (and Ray Train's driver, the same check) reads target.json and hashes
+    # the weights, but builds no model: no timm, torchvision or torch._dynamo (~2 s of imports,
+    # in a process that only starts ranks). A fresh interpreter, torchrun stubbed; the control
+    # then builds the target in the same process and sees timm arrive
+    store = _store(tmp_path / "store", tiny_target, [4])
+    argv = [*_train_argv(store, tiny_target, tmp_path / "run"), "--nproc", "2"]
+    script = f"""
+import json, sys
+import jobs.train.command as command
+from jobs.cli import main
+command.relaunch = lambda args: 0  # what torchrun would run is not under test
+try:
+    code = main({argv!r})
+except SystemExit as e:
+    code = e.code
+launcher = "timm" in sys.modules
+from hyperflow.model import load_target
+load_target({str(tiny_target)!r})
+print(json.dumps([code, launcher, "timm" in sys.modules]))
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=REPO
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    code, launcher, built = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert code == 0, proc.stderr[-3000:]
+    assert not launcher, "the launcher imported timm: it built the target"
+    assert built, "control: building the target imports timm"
 
 
 def test_empty_store_is_refused(capsys, tiny_target, tmp_path):
