@@ -113,13 +113,10 @@ def read_target_info(target: str | os.PathLike) -> dict:
 
 def load_target(target: str | os.PathLike) -> TargetModel:
     """Rebuild a TargetModel from what `hyperflow pretrain` wrote at `target` (eval mode)."""
+    info = read_target_info(target)  # UserError naming the missing file
     loc = location(target)
-    try:
-        info = json.loads(loc.read_bytes(META))
-        weights = loc.local_path(WEIGHTS)  # memory-mapped on a local disk
-        state = load_file(str(weights)) if weights else load(loc.read_bytes(WEIGHTS))
-    except FileNotFoundError:
-        raise UserError(f"--target {os.fspath(target)!r} has no {META}/{WEIGHTS}") from None
+    weights = loc.local_path(WEIGHTS)  # memory-mapped on a local disk
+    state = load_file(str(weights)) if weights else load(loc.read_bytes(WEIGHTS))
     cfg = TargetConfig(**{**info["config"], "checkpoint": None})
     model = TargetModel(cfg)
     model.load_state_dict(state)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -291,6 +292,20 @@ def test_store_of_another_target_is_refused(capsys, tiny_target, tmp_path, launc
     store = _store(tmp_path / "store", twin, [4])
     argv = [*_train_argv(store, tiny_target, tmp_path / "run"), *launch]
     _fails(capsys, argv, "was collected with target")
+
+
+@pytest.mark.parametrize("launch", LAUNCHERS)
+@pytest.mark.parametrize("missing", ["target.json", "target.safetensors"])
+def test_a_target_without_its_files_is_refused_naming_the_file(
+    capsys, tiny_target, tmp_path, launch, missing
+):
+    store = _store(tmp_path / "store", tiny_target, [4])
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_target, broken)
+    (broken / missing).unlink()
+    argv = [*_train_argv(store, broken, tmp_path / "run"), *launch]
+    _fails(capsys, argv, f"has no {missing}")
+    assert not (tmp_path / "run" / "checkpoints").exists(), "nothing written"
 
 
 def test_the_launcher_checks_without_building_the_target(tiny_target, tmp_path):
