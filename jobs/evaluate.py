@@ -2,17 +2,16 @@
 
 Learning rates of the gradient methods come from the config or, when absent, from a grid searched
 on a few validation episodes of the held-out domains (as P>M>F does). Accuracy per domain with 95%
-confidence intervals, adaptation seconds per episode, and peak adaptation memory measured on a
-fresh actor per method go to DIR/results.json and DIR/results.md. --target, --drift, --smat and
---out may be local paths or URLs (s3://bucket/prefix, ...): every file goes through
-engine.storage, and the Ray actors are handed the URLs and read through it too.
+confidence intervals, adaptation seconds per episode, and peak adaptation memory (the tensor
+allocator's high-water mark on one episode) go to DIR/results.json and DIR/results.md. --target,
+--drift, --smat and --out may be local paths or URLs (s3://bucket/prefix, ...): every file goes
+through engine.storage, and the Ray actors are handed the URLs and read through it too.
 """
 
 from __future__ import annotations
 
 import argparse
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,11 +116,9 @@ def run(args: argparse.Namespace) -> None:
         methods = _tune_lrs(pool, setup, methods)
         rows = _run(pool, setup.jobs, methods, "evaluate")
         curves = _curves(pool, setup.jobs, methods, setup.heldout(), setup.drifts, ev)
+        memory = measure_memory(pool, methods, setup.jobs[0]) if ev.memory else {}
     finally:
         pool.shutdown()
-    memory = {}
-    if ev.memory:
-        memory = measure_memory(methods, setup.jobs[0], setup.init, ev.gpus_per_worker)
     _report(setup, rows, methods, curves, memory)
 
 
@@ -276,30 +273,9 @@ def _best_lrs(rows, candidates) -> dict[str, float]:
     return {k: v[1] for k, v in best.items()}
 
 
-def measure_memory(methods, job, init, num_gpus: float = 0, attempts: int = 3) -> dict[str, dict]:
-    """Peak adaptation memory per method, {"bytes", "device"}, each on a fresh single-use actor
-    holding the resources the evaluation workers hold; init: EvalWorker arguments. Ray must be
-    connected. Each runs in a one-actor ResilientPool: an actor that dies (its node lost) is
-    replaced by a fresh one, up to `attempts` actors per method. The methods are measured side
-    by side, as many at once as the cluster places: each peak is its own process's, and an
-    actor's start-up (~5-10 s of imports) dominates a measurement."""
-    with ThreadPoolExecutor(max_workers=len(methods)) as threads:
-        peaks = threads.map(lambda m: _peak_memory(m, job, init, num_gpus, attempts), methods)
-        return {m.name: peak for m, peak in zip(methods, peaks)}
-
-
-def _peak_memory(method, job, init, num_gpus: float, attempts: int) -> dict:
-    pool = ResilientPool(
-        EvalWorker,
-        1,
-        {**init, "measure": True},
-        num_gpus=num_gpus,
-        depth=1,
-        min_replacements=attempts - 1,
-        replace_fraction=0.0,
-    )
-    try:
-        [(_, result)] = pool.map_unordered("memory", [(method, job)])
-        return result
-    finally:
-        pool.shutdown()
+def measure_memory(pool: ResilientPool, methods, job) -> dict[str, dict]:
+    """Peak adaptation memory per method on one episode, {"bytes", "device"}: a task per method
+    on the evaluation workers. The allocator's count is exact on a warm worker
+    (hyperflow/evaluation/memory.py), so no fresh process is needed."""
+    results = pool.map_unordered("memory", [(m, job) for m in methods])
+    return {method.name: result for (method, _), result in results}

@@ -14,13 +14,13 @@ import torch
 
 from hyperflow.adapt.hyperflow import adapt_hyperflow, adapted_theta, load_for_target
 from hyperflow.adapt.line_search import FORWARDS_PER_SCALE
-from hyperflow.adapt.methods import GRADIENT_METHODS, Adapted, accuracy, adapt, classify, predict
+from hyperflow.adapt.methods import GRADIENT_METHODS, Adapted, accuracy, adapt, predict
 from hyperflow.adapt.simulate import simulate, support_loss
 from hyperflow.bias import get_theta
 from hyperflow.data import load_dataset
 from hyperflow.data.episodes import EpisodeSpec, build_episode
 from hyperflow.drift.compiled import BLOCK
-from hyperflow.evaluation.memory import map_large_blocks, peak_memory_bytes
+from hyperflow.evaluation.memory import peak_memory_bytes
 from hyperflow.model import load_target
 from hyperflow.smat import adapt_smat, adapt_smat_finetune, load_smat
 
@@ -66,10 +66,7 @@ class EvalWorker:
         drift_dirs: dict[str, str] | None = None,
         threads: int = 1,
         smat_dir: str | None = None,
-        measure: bool = False,  # a memory-measuring worker: large blocks mapped, first thing
     ):
-        if measure:
-            map_large_blocks()
         torch.set_num_threads(threads)
         # the device Ray gave this actor: with num_gpus > 0 Ray sets CUDA_VISIBLE_DEVICES to its
         # GPU (or share of one); without, to nothing, so CUDA is unavailable and this is the CPU
@@ -133,13 +130,10 @@ class EvalWorker:
         return rows
 
     def memory(self, work: tuple[MethodSpec, EpisodeJob]) -> dict:
-        """Peak adaptation memory of one episode on this worker's device, {"bytes", "device"};
-        call on a fresh worker, one method each."""
+        """Peak adaptation memory of one episode on this worker's device, {"bytes", "device"}:
+        tensor bytes the allocator counts (evaluation/memory.py), so any worker can measure."""
         method, job = work
         episode = self._episode(job)
-        # warm-up: one-time kernel, thread-pool and allocator set-up is not adaptation memory
-        classify(self.model, episode)
-        self._adapt(method, episode, job.seed)
         device = str(self.device)
         peak = peak_memory_bytes(lambda: self._adapt(method, episode, job.seed), device)
         return {"bytes": peak, "device": device}

@@ -4,8 +4,8 @@ measures it (DESIGN.md section 6: HyperFlow at 20 solver steps <= 2x the floor i
 
 Seconds: one EvalWorker in this process with one intra-op thread (as each evaluate actor has)
 adapts the same held-out episodes with every method; only the adaptation is timed, not the query
-classification. Peak memory: a fresh Ray actor per method, resident high-water mark of one
-adaptation after a warm-up (hyperflow/evaluation/memory.py). `floor_forward` is one plain forward
+classification. Peak memory: the tensor allocator's high-water mark of one adaptation after a
+warm-up, on the same worker (hyperflow/evaluation/memory.py). `floor_forward` is one plain forward
 pass of the support set through the target, the least any method that reads the support through
 the target can cost: HyperFlow's task encoding is that pass plus the site-statistics hooks. It is
 timed once per episode right after that episode's adaptations, so it sees the caches they see.
@@ -26,7 +26,6 @@ from pathlib import Path
 
 import torch
 
-from engine.pool import connect
 from hyperflow.config import Config, load_config
 from hyperflow.data import load_dataset
 from hyperflow.data.episodes import EpisodeSpec, build_episode
@@ -34,7 +33,6 @@ from hyperflow.drift import DriftNet, drift_config, read_drift_meta, save_drift
 from hyperflow.evaluation.plan import HYPERFLOW_METHODS, episode_jobs, method_specs
 from hyperflow.evaluation.worker import EvalWorker
 from hyperflow.model import TargetModel, load_target, save_target
-from jobs.evaluate import measure_memory
 
 # DESIGN.md section 6: HyperFlow at `steps` solver steps within `floor_ratio_max` floors of time
 # and `memory_ratio_max` of bias-tuning's peak memory (the old "time <= 1% of bias-tuning's" is
@@ -87,9 +85,7 @@ def _measure(args, cfg: Config, target: str, drift: str, model: TargetModel) -> 
             seconds[row["method"]].append(row["seconds"])
         floors.append(_forward_seconds(worker, [job]))
     floor = sum(floors) / len(floors)
-    connect(None)
-    init = {"target_dir": target, "dataset": cfg.data.dataset, "cache_dir": cfg.data.cache_dir}
-    memory = measure_memory(methods, jobs[0], {**init, "drift_dirs": drifts})
+    memory = {m.name: worker.memory((m, jobs[0])) for m in methods}
 
     bias = sum(seconds["bias_tuning"]) / len(jobs)
     out = {"bench": "adapt", "episodes": len(jobs), "threads": 1, "methods": {}}

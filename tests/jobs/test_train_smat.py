@@ -108,8 +108,8 @@ def test_evaluator_runs_both_smat_methods(cli, cluster_env, tiny_target, trained
     out = tmp_path / "eval"
     cli(
         *("evaluate", "--config", "tiny", "--target", str(tiny_target), "--smat", str(trained)),
-        # bias_tuning for the cost comparison below; no others (each method's memory is
-        # measured on a fresh actor of its own)
+        # bias_tuning for the cost comparison below; no others (each method's memory is one
+        # more measured adaptation)
         *("--methods", "bias_tuning,smat,smat_finetune", "--episodes", "2"),
         *("--set", "evaluate.domains=[latin,georgian-noise]", "--workers", "1"),
         *("--out", str(out)),
@@ -130,6 +130,8 @@ def test_evaluator_runs_both_smat_methods(cli, cluster_env, tiny_target, trained
         methods["smat"]["adapt_seconds_per_episode"]
         < methods["bias_tuning"]["adapt_seconds_per_episode"]
     )
+    # and no backward pass: less memory than bias-tuning's (an exact count, evaluation/memory.py)
+    assert methods["smat"]["peak_memory_bytes"] < methods["bias_tuning"]["peak_memory_bytes"]
     assert methods["smat"]["lr"] is None and methods["smat_finetune"]["lr"] == 0.03
     assert (out / "accuracy_vs_time.png").stat().st_size > 0
 
