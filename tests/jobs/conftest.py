@@ -295,7 +295,10 @@ def local_store(untrained_target, ray_procs, tmp_path_factory) -> dict:
 
     def argv_for(root: Path) -> list[str]:
         target = str(untrained_target)
-        return ["collect", "--config", "tiny", "--target", target, "--out", str(root / "store")]
+        # two actors (tiny has one): the store the one-worker run is compared with; --out last,
+        # tests swap it
+        argv = ["collect", "--config", "tiny", "--target", target, "--workers", "2"]
+        return [*argv, "--out", str(root / "store")]
 
     root = built_once(tmp_path_factory, "local", build)
     stdout = (root / "stdout.txt").read_text()
@@ -331,9 +334,6 @@ def baselines(untrained_target, cluster_env, tmp_path_factory) -> dict:
     """
     sets = ["--set", f"evaluate.domains=[{','.join(BASELINE_DOMAINS)}]"]
     sets += ["--set", "evaluate.memory=false"]  # test_evaluate measures memory
-    # one actor: its start-up (~5 CPU-s) costs more than these 12 adaptations; the worker count
-    # is test_evaluate's to check
-    sets += ["--set", "evaluate.workers=1"]
 
     def build(root: Path) -> None:
         out = str(root / "eval")

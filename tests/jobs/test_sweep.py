@@ -20,7 +20,6 @@ from jobs.cli import main
 # the grid, the copies and the report, not what the drift networks learn
 SETS = ["--set", "train.steps=10", "--set", "evaluate.solver_steps=[5]"]
 SETS += ["--set", "evaluate.memory=false"]  # test_evaluate measures memory
-SETS += ["--set", "evaluate.workers=1"]  # one actor per point: start-up outweighs the episodes
 
 
 def _argv(store, target, baselines, out, *extra) -> list[str]:

@@ -107,6 +107,7 @@ def test_a_node_lost_mid_evaluation_leaves_every_episode_counted_once(
     out = tmp_path / "eval"
     argv = ["evaluate", "--config", "tiny", "--target", str(tiny_target), "--out", str(out)]
     argv += ["--methods", "direct,bias_tuning", "--episodes", "4", "--set", "evaluate.memory=false"]
+    argv += ["--workers", "2"]  # an actor on each worker node: the lost node takes one
     assert main([*argv, "--address", cluster.address]) == 0
     assert LoseANode.lost, "no node was lost"
     results = json.loads((out / "results.json").read_text())
