@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> None:
         methods = _tune_lrs(pool, setup, methods)
         rows = _run(pool, setup.jobs, methods, "evaluate")
         curves = _curves(pool, setup.jobs, methods, setup.heldout(), setup.drifts, ev)
-        memory = measure_memory(pool, methods, setup.jobs[0]) if ev.memory else {}
+        memory = _measure_memory(pool, methods, setup.jobs[0]) if ev.memory else {}
     finally:
         pool.shutdown()
     _report(setup, rows, methods, curves, memory)
@@ -273,9 +273,9 @@ def _best_lrs(rows, candidates) -> dict[str, float]:
     return {k: v[1] for k, v in best.items()}
 
 
-def measure_memory(pool: ResilientPool, methods, job) -> dict[str, dict]:
-    """Peak adaptation memory per method on one episode, {"bytes", "device"}: a task per method
-    on the evaluation workers. The allocator's count is exact on a warm worker
-    (hyperflow/evaluation/memory.py), so no fresh process is needed."""
+def _measure_memory(pool: ResilientPool, methods, job) -> dict[str, dict]:
+    # peak adaptation memory per method on one episode, {"bytes", "device"}: a task per method
+    # on the evaluation workers; the allocator's count is exact on a warm worker
+    # (hyperflow/evaluation/memory.py), so no fresh process is needed
     results = pool.map_unordered("memory", [(m, job) for m in methods])
     return {method.name: result for (method, _), result in results}

@@ -82,6 +82,11 @@ def test_same_results_with_one_or_two_workers(cli, cluster_env, tiny_target, dri
         assert set(m["acc"]) == {"latin", "georgian-noise", "hebrew-invert"}, name
         assert all(a["n"] == 2 and 0 <= a["mean"] <= 1 for a in m["acc"].values())
         assert m["peak_memory_bytes"] is not None and m["adapt_seconds_per_episode"] >= 0
+    # what the figure is for: doing nothing costs least, forward passes less than Adam's backward
+    # passes (an exact allocator count, hyperflow/evaluation/memory.py: no noise to allow for)
+    mem = {name: m["peak_memory_bytes"] for name, m in one["methods"].items()}
+    assert mem["direct"] < mem["hyperflow_cubic@1"] < mem["bias_tuning"], mem
+    assert mem["hyperflow_cubic@5"] < mem["bias_tuning"], mem
     # one row per evaluated episode, the same episodes for every method (paired)
     episodes = {(r["domain"], r["id"], r["seed"]) for r in one["methods"]["direct"]["episodes"]}
     assert len(episodes) == 3 * 2 and {d for d, _, _ in episodes} == set(one["domains"])
